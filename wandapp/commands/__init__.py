@@ -1,0 +1,1 @@
+"""CLI subcommands, one module per stage. Each defines `register(subparsers)`."""

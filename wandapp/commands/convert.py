@@ -1,0 +1,26 @@
+"""`wandapp convert`: load any model source and write a save_pretrained folder (e.g. GGUF -> safetensors)."""
+
+from __future__ import annotations
+
+from ..io import atomic_dir
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="load a model (hub id, folder, GGUF, 'smollm2') and save it as a safetensors folder",
+        description="Load a model from any supported source and write a save_pretrained folder, once, so later "
+        "stages load it fast (GGUF files are dequantized on every load).",
+    )
+    p.add_argument("--model", required=True, help="hub id, save_pretrained folder, .gguf file, or 'smollm2'")
+    p.add_argument("--dtype", default="float32", help="weight dtype of the saved folder (default float32)")
+    p.add_argument("--output", required=True, help="folder to write (replaced atomically)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    from ..models import load_model, save_model
+
+    model, tokenizer = load_model(args.model, dtype=args.dtype)
+    with atomic_dir(args.output) as tmp:
+        save_model(model, tokenizer, tmp)
