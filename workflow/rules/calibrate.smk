@@ -1,0 +1,28 @@
+# Sample the calibration windows once per model (tokenizer), dataset, nsamples, seqlen and seed;
+# every method and sparsity reuses the same file, so they all see identical data.
+
+
+rule calibrate:
+    input:
+        model=f"{RESULTS}/models/{{model}}/base",
+    output:
+        f"{RESULTS}/calib/{{model}}/{{dataset}}-n{{nsamples}}-l{{seqlen}}-s{{seed}}.safetensors",
+    wildcard_constraints:
+        nsamples=r"\d+",
+        seqlen=r"\d+",
+        seed=r"\d+",
+    params:
+        calibration=shlex.quote(config["calibration"]["dataset"]),
+        data_dir=data_dir_arg(),
+        code=code_version("calibrate"),
+    log:
+        f"{RESULTS}/logs/calibrate/{{model}}/{{dataset}}-n{{nsamples}}-l{{seqlen}}-s{{seed}}.log",
+    threads: threads_of("calibrate")
+    resources:
+        **resources_of("calibrate"),
+    conda:
+        "../../envs/core.yaml"
+    shell:
+        "wandapp calibrate --model {input.model} --calibration {params.calibration}"
+        " --nsamples {wildcards.nsamples} --seqlen {wildcards.seqlen} --seed {wildcards.seed}"
+        " {params.data_dir} --output {output} > {log} 2>&1"

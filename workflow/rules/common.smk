@@ -1,0 +1,153 @@
+# Config validation, result paths, target lists and input functions shared by every rule file.
+# Paths: RESULTS/models/{model}/base            converted model (kept; every later step loads it)
+#        RESULTS/calib/{model}/{calib}.safetensors  calibration windows, shared by all methods and sparsities
+#        RESULTS/models/{model}/{method}/{sparsity}[+lora]   pruned (or LoRA-tuned) model, temp() unless kept
+#        RESULTS/metrics/{model}/{method}/{sparsity}[+lora]/{prune,lora,ppl_<dataset>,tasks,bench}.json
+# {sparsity} is the config string with ':' written as '-' ("2:4" -> "2-4"); the dense baseline is dense/0.
+
+import re
+import shlex
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from wandapp.codeversion import stage_code_hash
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+RESULTS = config["results_dir"]
+REPORTS = config["reports_dir"]
+MODELS = config["models"]
+METHODS = {label: (spec or {}) for label, spec in config["methods"].items()}
+DENSE = "dense"
+LORA_SUFFIX = "+lora"
+
+
+wildcard_constraints:
+    model="|".join(map(re.escape, MODELS)),
+    method="|".join(map(re.escape, [*METHODS, DENSE])),
+    sparsity=r"[0-9.]+(-[0-9]+)?",
+    variant=r"[0-9.]+(-[0-9]+)?(\+lora)?",
+    dataset=r"[A-Za-z0-9_]+",
+
+
+def sparsity_label(sparsity):
+    return sparsity.replace(":", "-")
+
+
+def sparsity_arg(label):
+    return label.replace("-", ":")
+
+
+def method_name(label):
+    return METHODS[label].get("method", label)
+
+
+def model_cfg(model):
+    spec = MODELS[model]
+    return {"dtype": "float32", "seqlen": 2048, **spec}
+
+
+def data_dir_arg():
+    return f"--data-dir {shlex.quote(config['data_dir'])}" if config.get("data_dir") else ""
+
+
+def code_version(command):
+    """Hash of the wandapp sources `wandapp COMMAND` imports: an edit there reruns this stage (params trigger)."""
+    return stage_code_hash(command)
+
+
+def rule_resources(rule):
+    """Resources for `rule` from config (rule entry over `default`), with a floor that SLURM jobs need."""
+    res = {"threads": 1, "mem_mb": 2000, "runtime": 30, "gpu": 0}
+    res.update(config["resources"].get("default", {}))
+    res.update(config["resources"].get(rule, {}))
+    return res
+
+
+def threads_of(rule):
+    return rule_resources(rule)["threads"]
+
+
+def resources_of(rule):
+    # gpu=0 is left out: the SLURM plugin would turn any gpu key into a --gpus request.
+    return {k: v for k, v in rule_resources(rule).items() if k != "threads" and not (k == "gpu" and v == 0)}
+
+
+# ---- paths -------------------------------------------------------------------------------------------------------
+
+
+def base_model_dir(model):
+    return f"{RESULTS}/models/{model}/base"
+
+
+def calib_file(model):
+    cal = config["calibration"]
+    seqlen = model_cfg(model)["seqlen"]
+    slug = re.sub(r"[^A-Za-z0-9_]", "_", Path(cal["dataset"]).stem)  # a file path becomes its stem
+    name = f"{slug}-n{cal['nsamples']}-l{seqlen}-s{cal['seed']}"
+    return f"{RESULTS}/calib/{model}/{name}.safetensors"
+
+
+def model_dir(wildcards):
+    """Folder of the model that the metrics for {model}/{method}/{variant} are computed on."""
+    if wildcards.method == DENSE:
+        return base_model_dir(wildcards.model)
+    return f"{RESULTS}/models/{wildcards.model}/{wildcards.method}/{wildcards.variant}"
+
+
+def metrics_dir(model, method, variant):
+    return f"{RESULTS}/metrics/{model}/{method}/{variant}"
+
+
+# ---- targets -----------------------------------------------------------------------------------------------------
+
+
+def variants():
+    """(model, method, variant) for every model evaluated: dense baseline, pruned, and LoRA-tuned if on."""
+    out = []
+    for model in MODELS:
+        if config["dense"]:
+            out.append((model, DENSE, "0"))
+        for method in METHODS:
+            for sparsity in config["sparsities"]:
+                out.append((model, method, sparsity_label(sparsity)))
+                if config["lora"]["enabled"]:
+                    out.append((model, method, sparsity_label(sparsity) + LORA_SUFFIX))
+    return out
+
+
+def metric_files():
+    """Every per-model JSON the report collects; the set follows which stages the config turns on."""
+    files = []
+    for model, method, variant in variants():
+        d = metrics_dir(model, method, variant)
+        files += [f"{d}/ppl_{ds}.json" for ds in config["eval"]["ppl"]["datasets"]]
+        if config["eval"]["tasks"]["enabled"]:
+            files.append(f"{d}/tasks.json")
+        if method == DENSE:
+            continue
+        if variant.endswith(LORA_SUFFIX):
+            files.append(f"{d}/lora.json")
+            continue
+        files.append(f"{d}/prune.json")
+        if config["bench"]["enabled"] and benched(variant):
+            files.append(f"{d}/bench.json")
+    return files
+
+
+def report_figures():
+    names = ["ppl", "ppl_relative", "prune_cost"]
+    if config["eval"]["tasks"]["enabled"]:
+        names.append("accuracy")
+    if config["bench"]["enabled"]:
+        names.append("speedup")
+    return names
+
+
+def maybe_temp(path):
+    return path if config["keep_pruned_models"] else temp(path)
+
+
+def benched(sparsity_label_):
+    return sparsity_arg(sparsity_label_) in config["bench"]["patterns"]
