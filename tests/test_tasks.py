@@ -1,0 +1,75 @@
+"""`wandapp tasks` on the tiny model over a few rows of every local task, fully offline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from wandapp.cli import main
+from wandapp.errors import DataError, WandappError
+from wandapp.evaluate.tasks import LOCAL_TASKS, PAPER_TASKS, check_tasks, local_task_yaml, parse_task_list
+
+LIMIT = 3
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
+
+
+def test_all_local_tasks_run_offline(tiny_llama_dir, data_dir, tmp_path, capsys):
+    tasks = list(PAPER_TASKS) + ["piqa"]
+    out = tmp_path / "results.json"
+    rc = main([
+        "tasks", "--model", str(tiny_llama_dir), "--tasks", ",".join(tasks), "--limit", str(LIMIT),
+        "--batch-size", "16", "--data-dir", str(data_dir), "--output", str(out),
+    ])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert list(result["tasks"]) == tasks
+    assert result["num_fewshot"] == 0 and result["limit"] == LIMIT
+    full_sizes = {"boolq": 3270, "rte": 277, "hellaswag": 10042, "winogrande": 1267, "arc_easy": 2376,
+                  "arc_challenge": 1172, "openbookqa": 500, "piqa": 1838}
+    for task, row in result["tasks"].items():
+        assert row["n"] == LIMIT, task
+        assert row["n_total"] == full_sizes[task], task  # the split lm-eval evaluates (ARC/OBQA: test)
+        assert 0.0 <= row["acc"] <= 1.0
+        # accuracy over 3 rows is a multiple of 1/3
+        assert abs(row["acc"] * LIMIT - round(row["acc"] * LIMIT)) < 1e-6
+    for task in ("hellaswag", "arc_easy", "arc_challenge", "openbookqa", "piqa"):
+        assert 0.0 <= result["tasks"][task]["acc_norm"] <= 1.0
+    assert "acc_norm" not in result["tasks"]["boolq"]  # lm-eval's boolq defines acc only
+    assert "boolq" in capsys.readouterr().out
+
+
+def test_local_yaml_points_at_absolute_files(data_dir, tmp_path):
+    text = local_task_yaml("arc_easy", "/pkg/arc_easy.yaml", data_dir, tmp_path / "cache")
+    test_file = (data_dir / "tasks" / "arc_easy" / "test.jsonl").resolve()
+    assert f'test: "{test_file}"' in text
+    assert "test_split: test" in text and "training_split: null" in text
+    assert text.startswith('include: "/pkg/arc_easy.yaml"')
+
+
+def test_unknown_task_is_one_line_error(data_dir, tmp_path, capsys):
+    rc = main(["tasks", "--model", "unused-hub/id", "--tasks", "boolq,no_such_task", "--data-dir", str(data_dir),
+               "--output", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "unknown task(s) no_such_task" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_missing_local_file_names_it(tmp_path):
+    (tmp_path / "tasks" / "rte").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"tasks/rte/validation\.jsonl"):
+        check_tasks(["rte"], tmp_path)
+
+
+def test_task_list_parsing():
+    assert parse_task_list(" BoolQ, rte ,") == ["boolq", "rte"]
+    with pytest.raises(WandappError):
+        parse_task_list("rte,rte")
+    assert set(PAPER_TASKS) <= set(LOCAL_TASKS)
