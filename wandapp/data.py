@@ -211,3 +211,27 @@ def eval_tokens(dataset: str, tokenizer, root: Path | None, split: str = "test")
     else:
         raise DataError(f"unknown evaluation dataset {dataset!r}; choose wikitext2 or c4")
     return torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long), label
+
+
+# ---------------------------------------------------------------- cached calibration artifacts
+
+def save_calibration(path, input_ids: torch.Tensor, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    from .io import atomic_file
+
+    with atomic_file(path) as tmp:
+        save_file({"input_ids": input_ids.contiguous()}, str(tmp), metadata={k: str(v) for k, v in meta.items()})
+
+
+def load_calibration(path) -> tuple[torch.Tensor, dict]:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"missing calibration file: {path}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.get_tensor("input_ids"), dict(f.metadata() or {})
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"cannot read calibration file {path}: {e}") from e

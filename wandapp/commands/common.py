@@ -1,0 +1,23 @@
+"""Options several subcommands share, so their names and help read the same everywhere."""
+
+from __future__ import annotations
+
+
+def add_model_options(p, model_help: str = "hub id, save_pretrained folder, .gguf file, or 'smollm2' (embedded)") -> None:
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--device", default=None,
+                   help="torch device for the work, e.g. cuda, cuda:1, cpu (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", default=None,
+                   help="weight dtype: float16, bfloat16 or float32 (default: float16 on GPU, float32 on CPU)")
+
+
+def add_data_option(p) -> None:
+    p.add_argument("--data-dir", default=None,
+                   help="local data mirror laid out like ../shared/data (default: $WANDAPP_DATA_DIR, else the HF hub)")
+
+
+def device_and_dtype(args):
+    from ..runinfo import default_dtype, resolve_device
+
+    device = resolve_device(args.device)
+    return device, args.dtype or default_dtype(device)

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity (ppl.py) and downstream zero-shot tasks (tasks.py)."""

@@ -1,0 +1,89 @@
+"""Sparsity patterns and pure mask selection. A mask is a bool tensor, True where a weight is pruned.
+
+Unstructured: every output row loses its int(in_features * ratio) lowest scores (Wanda's comparison group).
+N:M: every group of M consecutive input channels of a row keeps its N highest scores (the layout of NVIDIA 2:4).
+Ties go to the lower column index (stable sort), so masks are deterministic.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .errors import WandappError
+
+
+@dataclass(frozen=True)
+class SparsityPattern:
+    ratio: float  # fraction of weights pruned
+    n: int = 0  # kept per group (N:M only)
+    m: int = 0  # group size (N:M only)
+
+    @property
+    def is_nm(self) -> bool:
+        return self.m > 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.n}:{self.m}" if self.is_nm else f"{self.ratio:g}"
+
+    @classmethod
+    def parse(cls, text: str) -> "SparsityPattern":
+        """'0.5' (unstructured ratio in [0, 1)) or 'N:M' (keep N of every M, N < M)."""
+        text = str(text).strip()
+        if match := re.fullmatch(r"(\d+):(\d+)", text):
+            n, m = int(match[1]), int(match[2])
+            if m < 1 or n < 1 or n >= m:
+                raise WandappError(f"invalid N:M sparsity {text!r}: need 1 <= N < M (keep N of every M weights)")
+            return cls(ratio=1 - n / m, n=n, m=m)
+        try:
+            ratio = float(text)
+        except ValueError:
+            raise WandappError(f"invalid sparsity {text!r}: give a ratio in [0, 1) or N:M such as 2:4") from None
+        if not 0 <= ratio < 1:
+            raise WandappError(f"sparsity {ratio:g} is outside [0, 1)")
+        return cls(ratio=ratio)
+
+    def mask(self, score: torch.Tensor) -> torch.Tensor:
+        return nm_mask(score, self.n, self.m) if self.is_nm else unstructured_mask(score, self.ratio)
+
+
+def unstructured_mask(score: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Per output row, prune exactly int(cols * ratio) lowest-scored weights."""
+    rows, cols = score.shape
+    k = int(cols * ratio)
+    mask = torch.zeros_like(score, dtype=torch.bool)
+    if k:
+        idx = torch.sort(score, dim=1, stable=True).indices[:, :k]
+        mask.scatter_(1, idx, True)
+    return mask
+
+
+def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """In each group of m consecutive input channels of a row, prune the m - n lowest scores."""
+    rows, cols = score.shape
+    if cols % m:
+        raise WandappError(f"N:M sparsity needs in_features divisible by M; got {cols} and M={m}")
+    groups = score.reshape(rows, cols // m, m)
+    idx = torch.sort(groups, dim=2, stable=True).indices[:, :, : m - n]
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, idx, True)
+    return mask.reshape(rows, cols)
+
+
+def apply_mask(weight: torch.Tensor, mask: torch.Tensor) -> None:
+    """Zero pruned weights in place. A masked write gives +0.0; multiplying by a mask would leave -0.0."""
+    weight.masked_fill_(mask, 0.0)
+
+
+def follows_nm(weight: torch.Tensor, n: int, m: int) -> bool:
+    """True when every group of m consecutive inputs of every row has at most n non-zeros."""
+    rows, cols = weight.shape
+    if cols % m:
+        return False
+    return bool(((weight.reshape(rows, cols // m, m) != 0).sum(-1) <= n).all())
+
+
+def sparsity(weight: torch.Tensor) -> float:
+    return float((weight == 0).sum()) / weight.numel()

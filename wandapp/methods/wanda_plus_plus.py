@@ -1,0 +1,167 @@
+"""Wanda++ (arXiv 2503.04992): regional gradient score (RGS) and regional optimization (RO), block by block.
+
+Per block, following ../shared/reference/method.md (its section-5 readings where the paper is ambiguous):
+  G   = RMS over the N calibration samples of d||f(X_n)||_2 / dW, on the DENSE block, once per block
+  S   = (alpha * G + ||X_j||_2) * |W|, compared per output row or per N:M group (Wanda's groups)
+  K rounds of: RGS-prune the 7 linears in forward order, each with input norms over all N samples measured on the
+  partly pruned block; then RMSprop over M random samples against the dense block's outputs (weights not masked,
+  optimizer state kept across rounds). A final RGS prune restores exact sparsity.
+Ablations: ro=False is "Wanda++ RGS" (one RGS prune); rgs=False is "Wanda++ RO" (Wanda score inside the loop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..masks import SparsityPattern, apply_mask
+from ..walker import BlockContext
+from .stats import ColumnNorm
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@contextlib.contextmanager
+def compute_precision(device: torch.device, precision: str):
+    """fp32: exact; tf32: float32 weights, TF32 matrix units (CUDA); bf16: autocast matmuls to bfloat16 (CUDA).
+
+    On the CPU every choice runs in float32."""
+    if device.type != "cuda" or precision == "fp32":
+        yield
+    elif precision == "tf32":
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+    else:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            yield
+
+
+@dataclass
+class WandaPlusPlus:
+    pattern: SparsityPattern
+    alpha: float = 100.0  # weight of the regional gradient against the activation norm
+    rgs: bool = True  # False: Wanda score inside the RO loop (the "Wanda++ RO" ablation)
+    ro: bool = True  # False: one RGS prune, no optimisation (the "Wanda++ RGS" ablation)
+    ro_rounds: int = 5  # K
+    ro_samples: int = 32  # M, drawn afresh each round
+    ro_lr: float = 3e-7
+    ro_batch: int = 1  # samples per RMSprop step (the paper's code: 1)
+    ro_epochs: int = 1  # passes over the M samples per round
+    x_norm: str = "l2"  # ||X_j||: 'l2' over all tokens (paper), 'per-sample' (/sqrt N), 'rms' (/sqrt(N*T))
+    g_norm: str = "none"  # 'none' (paper) or 'mean': rescale G per linear to the mean of ||X_j||
+    precision: str = "bf16"  # of the gradient, RO and statistics passes on CUDA; see compute_precision
+    seed: int = 0
+    track_error: bool = False  # log the dense-vs-sparse block error around each RO round (costs forwards)
+
+    family: ClassVar[str] = "wanda++"
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}")
+
+    @property
+    def name(self) -> str:
+        return "wanda++" if self.rgs and self.ro else ("wanda++-ro" if self.ro else "wanda++-rgs")
+
+    def hyperparameters(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "pattern"}
+
+    # ------------------------------------------------------------------ per block
+    def prune_block(self, ctx: BlockContext) -> None:
+        block, dtype = ctx.block, next(ctx.block.parameters()).dtype
+        use_g = self.rgs and self.alpha != 0
+        with compute_precision(ctx.device, self.precision):
+            if use_g or self.ro:
+                block.float()
+            G = self.regional_gradient(ctx) if use_g else None
+            if self.ro:
+                self.optimise(ctx, G)
+            block.to(dtype)
+            self.rgs_prune(ctx, G)  # final prune: exact sparsity on the weights as stored
+
+    def regional_gradient(self, ctx: BlockContext) -> dict[str, torch.Tensor]:
+        """RMS over samples of the per-sample gradient of ||block(X_n)||_2 for each linear weight."""
+        weights = _trainable_linears(ctx)
+        acc = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
+        with torch.enable_grad():
+            for x in ctx.batches(size=1):
+                loss = ctx.run(x).float().norm()
+                for a, g in zip(acc, torch.autograd.grad(loss, weights)):
+                    a.addcmul_(g, g)
+        ctx.block.requires_grad_(False)
+        return {name: (a / ctx.nsamples).sqrt_() for name, a in zip(ctx.linears, acc)}
+
+    @torch.no_grad()
+    def rgs_prune(self, ctx: BlockContext, G: dict[str, torch.Tensor] | None) -> None:
+        """Prune the linears group by group in forward order; each group's input norms come from the block
+        with the earlier groups already pruned."""
+        for group in ctx.groups:
+            stats = ctx.collect(ColumnNorm, group)
+            for name in group:
+                w = ctx.linears[name].weight
+                apply_mask(w.data, self.pattern.mask(self.score(w, stats[name], G and G[name])))
+
+    def score(self, w: torch.Tensor, stat: ColumnNorm, g: torch.Tensor | None) -> torch.Tensor:
+        xn = stat.norm(self.x_norm).unsqueeze(0)
+        if g is None:
+            return w.abs().float() * xn
+        if self.g_norm == "mean":
+            g = g * (xn.mean() / g.mean().clamp_min(1e-30))
+        return (self.alpha * g + xn) * w.abs().float()
+
+    def optimise(self, ctx: BlockContext, G) -> None:
+        """K rounds of RGS prune + RMSprop towards the dense block on M random samples."""
+        dense = copy.deepcopy(ctx.block).requires_grad_(False)
+        weights = _trainable_linears(ctx)
+        opt = torch.optim.RMSprop(weights, lr=self.ro_lr)
+        rng = torch.Generator().manual_seed(self.seed * 1_000_003 + ctx.index)
+        rounds = []
+        for _ in range(self.ro_rounds):
+            self.rgs_prune(ctx, G)
+            samples = torch.randperm(ctx.nsamples, generator=rng)[: self.ro_samples].tolist()
+            with torch.no_grad():
+                targets = torch.cat([ctx.run(x, dense).float() for x in ctx.batches(samples)])
+            entry = {"error_pruned": self._error(ctx, samples, targets)} if self.track_error else {}
+            entry["ro_loss"] = self._rmsprop_round(ctx, opt, samples, targets)
+            if self.track_error:
+                entry["error_ro"] = self._error(ctx, samples, targets)
+            rounds.append(entry)
+        ctx.block.requires_grad_(False)
+        ctx.log["ro_rounds"] = rounds
+        del dense, opt
+
+    def _rmsprop_round(self, ctx, opt, samples, targets) -> float:
+        total, b = 0.0, self.ro_batch
+        with torch.enable_grad():
+            for _ in range(self.ro_epochs):
+                for s in range(0, len(samples), b):
+                    x = ctx.inputs[samples[s : s + b]].to(ctx.device)
+                    loss = (ctx.run(x).float() - targets[s : s + b]).square().sum()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += loss.item()
+        return total / (len(samples) * self.ro_epochs)
+
+    @torch.no_grad()
+    def _error(self, ctx, samples, targets) -> float:
+        """Mean over samples of the summed squared difference between the sparse and dense block outputs."""
+        outs = torch.cat([ctx.run(x).float() for x in ctx.batches(samples)])
+        return float((outs - targets).square().sum()) / len(samples)
+
+
+def _trainable_linears(ctx: BlockContext) -> list[nn.Parameter]:
+    ctx.block.requires_grad_(False)
+    weights = [lin.weight for lin in ctx.linears.values()]
+    for w in weights:
+        w.requires_grad_(True)
+    return weights

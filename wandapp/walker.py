@@ -1,0 +1,219 @@
+"""The one sequential block-walker every method uses.
+
+It captures the hidden states (and every keyword argument: rotary embeddings, masks, positions) that enter the
+first decoder block, then walks the blocks: each block moves to the compute device, the method prunes it with its
+calibration inputs, and the pruned block's outputs become the next block's inputs, so errors propagate as in
+Wanda and SparseGPT. Only the current block (and whatever the method adds) lives on the compute device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .adapter import LINEAR_GROUPS, DecoderAdapter
+
+
+class _StopForward(Exception):
+    """Raised from a hook to skip the rest of a forward pass."""
+
+
+class Stat(Protocol):
+    def add(self, x: torch.Tensor) -> None: ...
+
+
+def _to(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_to(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+def block_output(result) -> torch.Tensor:
+    """Decoder blocks return a tensor (transformers 5) or a tuple whose first item is the hidden state (4.x)."""
+    return result[0] if isinstance(result, (tuple, list)) else result
+
+
+def module_device(module: nn.Module) -> torch.device | None:
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        return t.device
+    return None
+
+
+@contextlib.contextmanager
+def on_device(modules: Sequence[nn.Module], device: torch.device) -> Iterator[None]:
+    """Move modules to `device` for the duration, then back where each came from."""
+    homes = [module_device(m) for m in modules]
+    for m in modules:
+        m.to(device)
+    try:
+        yield
+    finally:
+        for m, home in zip(modules, homes):
+            if home is not None:
+                m.to(home)
+
+
+@torch.no_grad()
+def capture_block_inputs(
+    model: nn.Module, adapter: DecoderAdapter, input_ids: torch.Tensor, device: torch.device, store: torch.device
+) -> tuple[torch.Tensor, dict]:
+    """Hidden states entering block 0 for each row of `input_ids` (N, T), and the block's other keyword arguments.
+
+    Rows are run one at a time, so the captured kwargs have batch size 1 and broadcast over any micro-batch.
+    """
+    n, t = input_ids.shape
+    dtype = adapter.embed_tokens.weight.dtype
+    hidden = torch.empty(n, t, model.config.hidden_size, dtype=dtype, device=store)
+    captured: dict = {}
+
+    def hook(module, args, kwargs):
+        x = args[0] if args else kwargs.pop("hidden_states")
+        captured["x"] = x
+        captured["kwargs"] = {k: v for k, v in kwargs.items() if k not in ("hidden_states",)}
+        raise _StopForward
+
+    handle = adapter.blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
+    extras = [m for m in (adapter.embed_tokens, adapter.rotary_emb) if m is not None]
+    try:
+        with on_device(extras, device):
+            for i in range(n):
+                with contextlib.suppress(_StopForward):
+                    model(input_ids[i : i + 1].to(device), use_cache=False)
+                hidden[i] = captured["x"][0].to(store)
+    finally:
+        handle.remove()
+    kwargs = captured["kwargs"]
+    kwargs["use_cache"] = False
+    for key in ("past_key_value", "past_key_values"):
+        if key in kwargs:
+            kwargs[key] = None
+    return hidden, _to(kwargs, device)
+
+
+@dataclass
+class BlockContext:
+    """What a method gets for one block: the block on the compute device, its linears and its calibration inputs."""
+
+    index: int
+    block: nn.Module
+    linears: dict[str, nn.Linear]
+    inputs: torch.Tensor  # (N, T, H) calibration hidden states entering this block
+    kwargs: dict
+    device: torch.device
+    micro_batch: int = 4
+    groups: tuple = LINEAR_GROUPS
+    log: dict = field(default_factory=dict)  # per-block figures a method wants in the report
+
+    @property
+    def nsamples(self) -> int:
+        return self.inputs.shape[0]
+
+    def batches(self, samples: Sequence[int] | None = None, size: int | None = None) -> Iterator[torch.Tensor]:
+        idx = list(range(self.nsamples)) if samples is None else list(samples)
+        size = size or self.micro_batch
+        for s in range(0, len(idx), size):
+            yield self.inputs[idx[s : s + size]].to(self.device, non_blocking=True)
+
+    def run(self, x: torch.Tensor, block: nn.Module | None = None) -> torch.Tensor:
+        return block_output((block or self.block)(x.to(self._dtype(block)), **self.kwargs))
+
+    def _dtype(self, block: nn.Module | None) -> torch.dtype:
+        return next((block or self.block).parameters()).dtype
+
+    @torch.no_grad()
+    def outputs(self, samples: Sequence[int] | None = None, block: nn.Module | None = None,
+                store: torch.device | None = None) -> torch.Tensor:
+        """Block outputs for the given samples (all by default), stored on `store` (the inputs' device)."""
+        store = store or self.inputs.device
+        chunks = [self.run(x, block).to(store, self.inputs.dtype) for x in self.batches(samples)]
+        return torch.cat(chunks)
+
+    @torch.no_grad()
+    def collect(self, make_stat: Callable[[nn.Linear], Stat], names: Sequence[str],
+                samples: Sequence[int] | None = None) -> dict[str, Stat]:
+        """Feed the inputs of the named linears, over the given samples, into fresh statistics.
+
+        The forward pass stops after the last of the named linears, so statistics for early linears are cheap.
+        """
+        # Linears of one group read the same input: one statistic object serves them all.
+        shared = {n: next(m for m in group if m in names) for group in self.groups for n in group if n in names}
+        hooked = [n for n in names if shared.get(n, n) == n]
+        own = {n: make_stat(self.linears[n]) for n in hooked}
+        stats: dict[str, Stat] = {n: own[shared.get(n, n)] for n in names}
+        last = max(hooked, key=list(self.linears).index)
+        handles = []
+        for name in hooked:
+            def hook(module, args, name=name):
+                own[name].add(args[0])
+                if name == last:
+                    raise _StopForward
+            handles.append(self.linears[name].register_forward_pre_hook(hook))
+        try:
+            for x in self.batches(samples):
+                with contextlib.suppress(_StopForward):
+                    self.run(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return stats
+
+
+class PruningMethod(Protocol):
+    name: str
+
+    def hyperparameters(self) -> dict: ...
+
+    def prune_block(self, ctx: BlockContext) -> None: ...
+
+
+def walk_blocks(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    visit: Callable[[BlockContext], None],
+    device: torch.device,
+    offload: bool = True,
+    store: torch.device | None = None,
+    micro_batch: int = 4,
+    desc: str = "blocks",
+) -> torch.Tensor:
+    """Capture block-0 inputs for `input_ids`, call `visit` on each block, propagate its outputs; return the last.
+
+    offload: move each block back to the CPU after use (models larger than the accelerator prune on it).
+    store: where calibration hidden states live (default: the compute device).
+    """
+    adapter = DecoderAdapter.from_model(model)
+    store = torch.device(store) if store is not None else device
+    hidden, kwargs = capture_block_inputs(model, adapter, input_ids, device, store)
+    for i, block in enumerate(tqdm(adapter.blocks, desc=desc, unit="block")):
+        home = module_device(block)
+        block.to(device)
+        ctx = BlockContext(i, block, adapter.linears(block), hidden, kwargs, device, micro_batch)
+        visit(ctx)
+        hidden = ctx.outputs()
+        if offload:
+            block.to(home)
+    return hidden
+
+
+def prune_model(model, input_ids, method: PruningMethod, device, offload=True, store=None, micro_batch=4) -> list[dict]:
+    """Prune every block of `model` in place with `method`; return each block's log."""
+    logs: list[dict] = []
+
+    def visit(ctx: BlockContext) -> None:
+        method.prune_block(ctx)
+        logs.append(ctx.log)
+
+    walk_blocks(model, input_ids, visit, device, offload, store, micro_batch, desc=f"pruning ({method.name})")
+    return logs
