@@ -1,0 +1,80 @@
+"""`wandapp report` on synthetic metrics: every table and figure is written, missing stages included."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from wandapp.report import FIGURES, collect, parse_location
+
+METHODS = ["magnitude", "wanda", "sparsegpt", "wanda++-rgs", "wanda++-ro", "wanda++"]
+
+
+def _write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def synthetic_results(root, models=("tiny-a", "tiny-b"), tasks=True, bench="skipped", lora=False):
+    """A metrics tree shaped like the workflow's, with plausible numbers."""
+    for mi, model in enumerate(models):
+        dense_ppl = 10.0 + 5 * mi
+        variants = [("dense", "0", 1.0)]
+        variants += [(m, s, 1.2 + 0.4 * (5 - i) + (0.5 if s == "2-4" else 0)) for i, m in enumerate(METHODS)
+                     for s in ("2-4", "0.5")]
+        for method, variant, factor in variants:
+            names = [variant] + ([variant + "+lora"] if lora and method != "dense" else [])
+            for name in names:
+                d = root / model / method / name
+                f = factor * (0.9 if name.endswith("+lora") else 1)
+                _write(d / "ppl_wikitext2.json", {"ppl": dense_ppl * f, "dataset": "wikitext2", "split": "test"})
+                if tasks:
+                    _write(d / "tasks.json", {"results": {"boolq": {"acc": 0.6 / f, "acc_norm": 0.6, "n": 20},
+                                                          "rte": {"acc": 0.55 / f, "n": 20}}})
+                if method == "dense":
+                    continue
+                if name.endswith("+lora"):
+                    _write(d / "lora.json", {"wall_time_s": 30.0})
+                    continue
+                _write(d / "prune.json", {"method": method, "sparsity": 0.5, "wall_time_s": 10.0 + 20 * factor,
+                                          "peak_gpu_mem_bytes": 0, "peak_cpu_rss_bytes": 2.5 * 1024**3,
+                                          "sparsity_overall": 0.5})
+                if variant == "2-4" and bench == "skipped":
+                    _write(d / "bench.json", {"skipped": True, "reason": "no CUDA device"})
+                elif variant == "2-4" and bench:
+                    _write(d / "bench.json", {"end_to_end_speedup": 1.2, "layer_speedup": 1.5})
+
+
+def test_parse_location(tmp_path):
+    assert parse_location(tmp_path / "m" / "wanda" / "2-4+lora" / "ppl_c4.json") == ("m", "wanda", "2:4", True,
+                                                                                      "ppl_c4")
+
+
+@pytest.mark.parametrize("tasks,bench,lora", [(True, "skipped", False), (False, None, False), (True, "ok", True)])
+def test_report_writes_every_output(tmp_path, tasks, bench, lora):
+    synthetic_results(tmp_path / "metrics", tasks=tasks, bench=bench, lora=lora)
+    out = tmp_path / "reports"
+    subprocess.run([sys.executable, "-m", "wandapp", "report", "--results", str(tmp_path / "metrics"),
+                    "--output", str(out)], check=True, capture_output=True)
+    for name in FIGURES:
+        assert (out / f"{name}.png").stat().st_size > 1000
+        assert (out / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+    table = collect([tmp_path / "metrics"])
+    assert len(table) == 2 * (1 + 12 * (2 if lora else 1))
+    dense = table[table.method == "dense"]
+    assert (dense.ppl_wikitext2_rel == 1.0).all()
+    assert ("acc_mean" in table) == tasks
+    md = (out / "summary.md").read_text()
+    assert "## tiny-a" in md and "wanda++" in md
+    if bench == "skipped":
+        assert "no CUDA device" in md
+
+
+def test_report_fails_cleanly_without_files(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "wandapp", "report", "--results", str(tmp_path / "none"),
+                        "--output", str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "results not found" in r.stderr

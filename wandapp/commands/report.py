@@ -1,0 +1,24 @@
+"""`wandapp report`: tables and figures from the workflow's metrics JSONs."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="collect metrics JSONs into summary.csv/.md and figures (PNG + SVG)",
+        description="Read metrics files laid out as .../MODEL/METHOD/SPARSITY/KIND.json (KIND: prune, lora, tasks, "
+        "bench, ppl_<dataset>) and write summary.csv, summary.md and the figures ppl, ppl_relative, accuracy, "
+        "speedup and prune_cost as PNG and SVG. Missing stages give a figure that says so.",
+    )
+    p.add_argument("--results", nargs="+", required=True, help="metrics JSON files, or folders searched for *.json")
+    p.add_argument("--output", required=True, help="folder for the tables and figures")
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    from ..report import collect, write_report
+
+    table = collect(args.results)
+    for path in write_report(table, args.output):
+        print(path)
