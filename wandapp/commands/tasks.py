@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .common import add_data_option, add_model_options, device_and_dtype
+
 DEFAULT_TASKS = "boolq,rte,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa"
 
 
@@ -13,7 +15,7 @@ def register(sub) -> None:
         "acc / acc_norm with sample counts per task as JSON. With --data-dir (or $WANDAPP_DATA_DIR) the tasks "
         "read tasks/<task>/<split>.jsonl[.gz] from that mirror; otherwise lm-eval downloads them from the hub.",
     )
-    p.add_argument("--model", required=True, help="hub id, save_pretrained folder, .gguf file, or 'smollm2'")
+    add_model_options(p)
     p.add_argument(
         "--tasks",
         default=DEFAULT_TASKS,
@@ -23,9 +25,7 @@ def register(sub) -> None:
     p.add_argument("--num-fewshot", type=int, default=0, help="in-context examples per question (default 0)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples of each task (quick runs)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
-    p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16 (default float32)")
-    p.add_argument("--data-dir", default=None, help="local data mirror (default $WANDAPP_DATA_DIR, else the hub)")
+    add_data_option(p)
     p.add_argument("--seed", type=int, default=0, help="seed for few-shot sampling (default 0)")
     p.add_argument("--output", required=True, help="JSON file to write (replaced atomically)")
     p.set_defaults(func=run)
@@ -37,18 +37,22 @@ def run(args) -> None:
     from ..evaluate.tasks import check_tasks, evaluate_tasks, parse_task_list
     from ..io import write_json
     from ..models import load_model
+    from ..runinfo import measured, versions
 
     if args.batch_size < 1 or args.num_fewshot < 0:
         raise WandappError("--batch-size must be >= 1 and --num-fewshot >= 0")
+    device, dtype = device_and_dtype(args)
     tasks = parse_task_list(args.tasks)
     root = data_root(args.data_dir)
     check_tasks(tasks, root)  # before the (possibly long) model load
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    result = evaluate_tasks(
-        model, tokenizer, tasks, root=root, num_fewshot=args.num_fewshot, limit=args.limit,
-        batch_size=args.batch_size, seed=args.seed,
-    )
-    write_json(args.output, {"model": args.model, "dtype": args.dtype, "device": args.device, **result})
+    model, tokenizer = load_model(args.model, dtype, device)
+    with measured(device) as info:
+        result = evaluate_tasks(
+            model, tokenizer, tasks, root=root, num_fewshot=args.num_fewshot, limit=args.limit,
+            batch_size=args.batch_size, seed=args.seed,
+        )
+    out = {"model": args.model, "dtype": dtype, "device": str(device), **result, **info, "versions": versions()}
+    write_json(args.output, out)
     for task, row in result["tasks"].items():
         norm = f"  acc_norm {row['acc_norm']:.4f}" if "acc_norm" in row else ""
         print(f"{task:<14} acc {row['acc']:.4f}{norm}  (n={row['n']})")

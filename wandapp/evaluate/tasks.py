@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,7 +179,6 @@ def evaluate_tasks(
 
     if limit is not None and limit < 1:
         raise WandappError("--limit must be >= 1")
-    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="wandapp-tasks-", dir=work_dir) as tmp:
         manager, names = build_task_manager(tasks, root, Path(tmp))
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
@@ -209,7 +207,6 @@ def evaluate_tasks(
         "batch_size": batch_size,
         "data": str(root.resolve()) if root is not None else "hub",
         "lm_eval_version": _version("lm_eval"),
-        "wall_s": round(time.perf_counter() - started, 2),
     }
 
 
