@@ -30,19 +30,19 @@ def test_all_local_tasks_run_offline(tiny_llama_dir, data_dir, tmp_path, capsys)
     ])
     assert rc == 0
     result = json.loads(out.read_text())
-    assert list(result["tasks"]) == tasks
+    assert list(result["results"]) == tasks
     assert result["num_fewshot"] == 0 and result["limit"] == LIMIT
     full_sizes = {"boolq": 3270, "rte": 277, "hellaswag": 10042, "winogrande": 1267, "arc_easy": 2376,
                   "arc_challenge": 1172, "openbookqa": 500, "piqa": 1838}
-    for task, row in result["tasks"].items():
+    for task, row in result["results"].items():
         assert row["n"] == LIMIT, task
         assert row["n_total"] == full_sizes[task], task  # the split lm-eval evaluates (ARC/OBQA: test)
         assert 0.0 <= row["acc"] <= 1.0
         # accuracy over 3 rows is a multiple of 1/3
         assert abs(row["acc"] * LIMIT - round(row["acc"] * LIMIT)) < 1e-6
     for task in ("hellaswag", "arc_easy", "arc_challenge", "openbookqa", "piqa"):
-        assert 0.0 <= result["tasks"][task]["acc_norm"] <= 1.0
-    assert "acc_norm" not in result["tasks"]["boolq"]  # lm-eval's boolq defines acc only
+        assert 0.0 <= result["results"][task]["acc_norm"] <= 1.0
+    assert "acc_norm" not in result["results"]["boolq"]  # lm-eval's boolq defines acc only
     assert "boolq" in capsys.readouterr().out
 
 

@@ -53,6 +53,6 @@ def run(args) -> None:
         )
     out = {"model": args.model, "dtype": dtype, "device": str(device), **result, **info, "versions": versions()}
     write_json(args.output, out)
-    for task, row in result["tasks"].items():
+    for task, row in result["results"].items():
         norm = f"  acc_norm {row['acc_norm']:.4f}" if "acc_norm" in row else ""
         print(f"{task:<14} acc {row['acc']:.4f}{norm}  (n={row['n']})")

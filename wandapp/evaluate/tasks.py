@@ -200,20 +200,11 @@ def evaluate_tasks(
             raise DataError(f"task data not found: {e}") from e
     results = summarize(raw, names)
     return {
-        "tasks": results,
+        "results": results,
         "mean_acc": sum(r["acc"] for r in results.values() if "acc" in r) / max(1, len(results)),
         "num_fewshot": num_fewshot,
         "limit": limit,
         "batch_size": batch_size,
         "data": str(root.resolve()) if root is not None else "hub",
-        "lm_eval_version": _version("lm_eval"),
     }
 
-
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
