@@ -1,0 +1,80 @@
+"""Dense against 2:4 sparse for one linear shape over token counts, timed inside CUDA graphs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .sparsity import random_2of4_
+from .timing import median_ms_eager, median_ms_graph
+
+# The token counts of the issue: decode (1) up to long prefill (8192).
+DEFAULT_TOKENS = (1, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+LLAMA7B_SHAPES = {  # (out_features, in_features)
+    "q/k/v/o_proj": (4096, 4096),
+    "gate/up_proj": (11008, 4096),
+    "down_proj": (4096, 11008),
+}
+
+
+def sparse_call(compressed, x, layout: str, alg_id: int = 0, split_k: int = 1):
+    """One cuSPARSELt product in a given operand layout; every layout returns (tokens, out) values."""
+    if layout == "transpose_result":  # x is (tokens, in); output written (tokens, out)
+        return torch._cslt_sparse_mm(compressed, x.t(), transpose_result=True, alg_id=alg_id, split_k=split_k)
+    if layout == "out_t":  # output (out, tokens); the caller sees its transpose, not contiguous
+        return torch._cslt_sparse_mm(compressed, x.t(), alg_id=alg_id, split_k=split_k).t()
+    if layout == "x_t_rowmajor":  # x given already transposed and contiguous (in, tokens): activations kept transposed
+        return torch._cslt_sparse_mm(compressed, x, alg_id=alg_id, split_k=split_k).t()
+    raise ValueError(layout)
+
+
+def search_alg(compressed, x, layout: str) -> int:
+    dense_b = x if layout == "x_t_rowmajor" else x.t()
+    return int(torch._cslt_sparse_mm_search(compressed, dense_b, transpose_result=layout == "transpose_result"))
+
+
+def make_operands(shape, tokens, dtype, device, generator=None):
+    out_f, in_f = shape
+    weight = random_2of4_(torch.empty(out_f, in_f, dtype=dtype, device=device), generator)
+    x = torch.randn(tokens, in_f, dtype=dtype, device=device, generator=generator)
+    return weight, x
+
+
+def rel_error(y, ref) -> float:
+    y, ref = y.float(), ref.float()
+    return float((y - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def time_shape(name, shape, tokens_list, dtype, device, layout="transpose_result", search=False, eager=False):
+    """Records {shape, tokens, dense_ms, sparse_ms, speedup, alg_id, rel_err} for one weight shape."""
+    gen = torch.Generator(device).manual_seed(0)
+    weight, _ = make_operands(shape, 1, dtype, device, gen)
+    compressed = torch._cslt_compress(weight)
+    records = []
+    for tokens in tokens_list:
+        x = torch.randn(tokens, shape[1], dtype=dtype, device=device, generator=gen)
+        xin = x.t().contiguous() if layout == "x_t_rowmajor" else x
+        alg_id = search_alg(compressed, xin, layout) if search else 0
+        ref = F.linear(x, weight)
+        err = rel_error(sparse_call(compressed, xin, layout, alg_id), ref)
+        dense_ms = median_ms_graph(lambda: F.linear(x, weight), device)
+        sparse_ms = median_ms_graph(lambda: sparse_call(compressed, xin, layout, alg_id), device)
+        rec = dict(name=name, out_features=shape[0], in_features=shape[1], tokens=tokens, dtype=str(dtype)[6:],
+                   layout=layout, alg_id=alg_id, dense_ms=dense_ms, sparse_ms=sparse_ms,
+                   speedup=dense_ms / sparse_ms, rel_err=err,
+                   tflops_dense=2 * shape[0] * shape[1] * tokens / dense_ms / 1e9)
+        if eager:
+            rec["dense_eager_ms"] = median_ms_eager(lambda: F.linear(x, weight), device)
+            rec["sparse_eager_ms"] = median_ms_eager(lambda: sparse_call(compressed, xin, layout, alg_id), device)
+        records.append(rec)
+    return records
+
+
+def crossover_tokens(records, margin: float = 1.02) -> int | None:
+    """Smallest token count from which sparse beats dense by `margin` at every larger count measured; None if never."""
+    best = None
+    for rec in sorted(records, key=lambda r: r["tokens"], reverse=True):
+        if rec["speedup"] < margin:
+            break
+        best = rec["tokens"]
+    return best

@@ -1,0 +1,62 @@
+"""A linear layer holding a 2:4 weight both dense and cuSPARSELt-compressed; it picks the faster kernel per call.
+
+Sparse tensor cores only win on large products: below a measured token count the dense kernel is faster, so
+`min_sparse_tokens` (from the crossover table of a sweep) sends small calls, decode included, to cuBLAS.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .sparsity import is_2of4
+from ..errors import WandappError
+
+NEVER = 1 << 62  # a threshold no call reaches: always dense
+
+
+def choose_kernel(tokens: int, min_sparse_tokens: int) -> str:
+    """'sparse' when the call multiplies at least `min_sparse_tokens` rows, else 'dense'."""
+    return "sparse" if tokens >= min_sparse_tokens else "dense"
+
+
+def cusparselt_available(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.backends.cusparselt.is_available()
+
+
+class SparseLinear(nn.Module):
+    """Drop-in for nn.Linear with a 2:4 weight. `alg_id` is cuSPARSELt's algorithm, found once by a search."""
+
+    def __init__(self, linear: nn.Linear, min_sparse_tokens: int = NEVER, alg_id: int = 0, split_k: int = 1):
+        super().__init__()
+        weight = linear.weight.detach()
+        if not is_2of4(weight):
+            raise WandappError(f"weight of shape {tuple(weight.shape)} is not 2:4 sparse; prune it with --nm 2:4 first")
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = nn.Parameter(weight, requires_grad=False)  # dense kernel and reference
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+        self.min_sparse_tokens = min_sparse_tokens
+        self.alg_id, self.split_k = alg_id, split_k
+        self.compressed = None
+        if cusparselt_available(weight.device) and min_sparse_tokens < NEVER:
+            self.compressed = torch._cslt_compress(weight.contiguous())
+
+    def kernel_for(self, tokens: int) -> str:
+        if self.compressed is None:
+            return "dense"
+        return choose_kernel(tokens, self.min_sparse_tokens)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.numel() // self.in_features
+        if self.kernel_for(tokens) == "dense":
+            return F.linear(x, self.weight, self.bias)
+        x2 = x.reshape(tokens, self.in_features)
+        # cuSPARSELt computes W @ x^T with the sparse operand first; transpose_result writes (tokens, out) directly.
+        y = torch._cslt_sparse_mm(
+            self.compressed, x2.t(), self.bias, transpose_result=True, alg_id=self.alg_id, split_k=self.split_k
+        )
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, min_sparse_tokens={self.min_sparse_tokens}, alg_id={self.alg_id}"
