@@ -32,7 +32,7 @@ def synthetic_results(root, models=("tiny-a", "tiny-b"), tasks=True, bench="skip
                 f = factor * (0.9 if name.endswith("+lora") else 1)
                 _write(d / "ppl_wikitext2.json", {"ppl": dense_ppl * f, "dataset": "wikitext2", "split": "test"})
                 if tasks:
-                    _write(d / "tasks.json", {"results": {"boolq": {"acc": 0.6 / f, "acc_norm": 0.6, "n": 20},
+                    _write(d / "tasks.json", {"tasks": {"boolq": {"acc": 0.6 / f, "acc_norm": 0.6, "n": 20},
                                                           "rte": {"acc": 0.55 / f, "n": 20}}})
                 if method == "dense":
                     continue

@@ -57,8 +57,8 @@ def find_metric_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def _task_scores(data: dict) -> dict[str, float]:
-    """{task: acc} from a tasks.json, whether results sit under "results" or at the top level."""
-    results = data.get("results", data)
+    """{task: acc} from a tasks.json, whether results sit under "tasks", "results" or at the top level."""
+    results = data.get("tasks", data.get("results", data))
     scores = {}
     for task, entry in results.items():
         if isinstance(entry, dict):

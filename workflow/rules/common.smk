@@ -7,6 +7,8 @@
 
 import re
 import shlex
+import shutil
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -15,6 +17,20 @@ from wandapp.codeversion import stage_code_hash
 
 validate(config, schema="../schemas/config.schema.yaml")
 
+
+
+def wandapp_command():
+    """How rules call wandapp: from this checkout inside a rule's conda env (--sdm conda, the env holds only the
+    dependencies), else the wandapp beside this Snakemake's Python (.venv/bin/snakemake), else the one on PATH."""
+    from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+        return f"PYTHONPATH={shlex.quote(workflow.basedir)} python -m wandapp"
+    beside = Path(sys.executable).parent / "wandapp"
+    return str(beside) if beside.is_file() else (shutil.which("wandapp") or "wandapp")
+
+
+WANDAPP = wandapp_command()
 RESULTS = config["results_dir"]
 REPORTS = config["reports_dir"]
 MODELS = config["models"]

@@ -11,6 +11,7 @@ rule eval_tasks:
         limit=f"--limit {config['eval']['tasks']['limit']}" if config["eval"]["tasks"]["limit"] else "",
         batch_size=config["eval"]["tasks"]["batch_size"],
         device=config["device"],
+        dtype=lambda wc: model_cfg(wc.model)["dtype"],
         data_dir=data_dir_arg(),
         code=code_version("tasks"),
     log:
@@ -21,6 +22,6 @@ rule eval_tasks:
     conda:
         "../../envs/core.yaml"
     shell:
-        "wandapp tasks --model {input.model} --tasks {params.tasks} {params.limit}"
-        " --batch-size {params.batch_size} --device {params.device} {params.data_dir}"
+        "{WANDAPP} tasks --model {input.model} --tasks {params.tasks} {params.limit}"
+        " --batch-size {params.batch_size} --device {params.device} --dtype {params.dtype} {params.data_dir}"
         " --output {output} > {log} 2>&1"

@@ -13,6 +13,7 @@ rule lora:
         seqlen=config["lora"]["seqlen"],
         extra=config["lora"]["extra_args"],
         device=config["device"],
+        dtype=lambda wc: model_cfg(wc.model)["dtype"],
         data_dir=data_dir_arg(),
         code=code_version("lora"),
     log:
@@ -25,6 +26,6 @@ rule lora:
     conda:
         "../../envs/core.yaml"
     shell:
-        "(wandapp lora --model {input.model} --steps {params.steps} --seqlen {params.seqlen}"
-        " --device {params.device} {params.data_dir} {params.extra} --output {output.model}"
+        "({WANDAPP} lora --model {input.model} --steps {params.steps} --seqlen {params.seqlen}"
+        " --device {params.device} --dtype {params.dtype} {params.data_dir} {params.extra} --output {output.model}"
         " && cp {output.model}/lora_report.json {output.report}) > {log} 2>&1"

@@ -32,4 +32,4 @@ rule report:
     conda:
         "../../envs/core.yaml"
     shell:
-        "wandapp report --results {input} --output {REPORTS} > {log} 2>&1"
+        "{WANDAPP} report --results {input} --output {REPORTS} > {log} 2>&1"
