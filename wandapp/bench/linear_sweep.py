@@ -45,29 +45,59 @@ def rel_error(y, ref) -> float:
     return float((y - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
-def time_shape(name, shape, tokens_list, dtype, device, layout="transpose_result", search=False, eager=False):
-    """Records {shape, tokens, dense_ms, sparse_ms, speedup, alg_id, rel_err} for one weight shape."""
+def time_shape(name, shape, tokens_list, dtype, device, layout="out_t", lt=None, alg_for=None, eager=False):
+    """Records {shape, tokens, dense_ms, sparse_ms, speedup, alg_id, rel_err} for one weight shape.
+
+    With `lt` (a CusparseLt context) the sparse product uses cached plans; `alg_for(tokens) -> (alg_id, split_k)`.
+    Without it, torch._cslt_sparse_mm in the given layout, default algorithm.
+    """
     gen = torch.Generator(device).manual_seed(0)
     weight, _ = make_operands(shape, 1, dtype, device, gen)
-    compressed = torch._cslt_compress(weight)
+    compressed = lt.compress(weight) if lt else torch._cslt_compress(weight)
     records = []
     for tokens in tokens_list:
         x = torch.randn(tokens, shape[1], dtype=dtype, device=device, generator=gen)
-        xin = x.t().contiguous() if layout == "x_t_rowmajor" else x
-        alg_id = search_alg(compressed, xin, layout) if search else 0
-        ref = F.linear(x, weight)
-        err = rel_error(sparse_call(compressed, xin, layout, alg_id), ref)
+        alg_id, split_k = alg_for(tokens) if alg_for else (0, 1)
+        if lt:
+            sparse = lambda: lt.linear(compressed, x, shape[0], alg_id, split_k)  # noqa: E731
+        else:
+            xin = x.t().contiguous() if layout == "x_t_rowmajor" else x
+            sparse = lambda: sparse_call(compressed, xin, layout, alg_id, split_k)  # noqa: E731
+        err = rel_error(sparse(), F.linear(x, weight))
         dense_ms = median_ms_graph(lambda: F.linear(x, weight), device)
-        sparse_ms = median_ms_graph(lambda: sparse_call(compressed, xin, layout, alg_id), device)
+        sparse_ms = median_ms_graph(sparse, device)
         rec = dict(name=name, out_features=shape[0], in_features=shape[1], tokens=tokens, dtype=str(dtype)[6:],
-                   layout=layout, alg_id=alg_id, dense_ms=dense_ms, sparse_ms=sparse_ms,
-                   speedup=dense_ms / sparse_ms, rel_err=err,
-                   tflops_dense=2 * shape[0] * shape[1] * tokens / dense_ms / 1e9)
+                   backend="cusparselt-cached-plan" if lt else f"torch-cslt-{layout}", alg_id=alg_id,
+                   split_k=split_k, dense_ms=dense_ms, sparse_ms=sparse_ms, speedup=dense_ms / sparse_ms,
+                   rel_err=err, dense_tflops=2 * shape[0] * shape[1] * tokens / dense_ms / 1e9,
+                   sparse_tflops_dense_equiv=2 * shape[0] * shape[1] * tokens / sparse_ms / 1e9)
         if eager:
             rec["dense_eager_ms"] = median_ms_eager(lambda: F.linear(x, weight), device)
-            rec["sparse_eager_ms"] = median_ms_eager(lambda: sparse_call(compressed, xin, layout, alg_id), device)
+            rec["sparse_eager_ms"] = median_ms_eager(sparse, device)
         records.append(rec)
     return records
+
+
+def tune_algorithms(lt, name, shape, tokens, dtype, device, split_ks=(1, 2), max_algs=6):
+    """Time every cuSPARSELt algorithm id (and split-k) for one shape and token count; records, best first."""
+    gen = torch.Generator(device).manual_seed(1)
+    weight, x = make_operands(shape, tokens, dtype, device, gen)
+    compressed = lt.compress(weight)
+    ref = F.linear(x, weight)
+    last = min(lt.max_alg_id(shape[0], shape[1], tokens, dtype), max_algs - 1)
+    records = []
+    for alg_id in range(last + 1):
+        for split_k in split_ks:
+            try:
+                fn = lambda: lt.linear(compressed, x, shape[0], alg_id, split_k)  # noqa: E731
+                err = rel_error(fn(), ref)
+                ms = median_ms_graph(fn, device, calls=5, iters=7)
+            except RuntimeError as e:  # a split-k some algorithm refuses
+                records.append(dict(name=name, tokens=tokens, alg_id=alg_id, split_k=split_k, error=str(e)[:120]))
+                continue
+            records.append(dict(name=name, out_features=shape[0], in_features=shape[1], tokens=tokens,
+                                alg_id=alg_id, split_k=split_k, sparse_ms=ms, rel_err=err))
+    return sorted(records, key=lambda r: r.get("sparse_ms", float("inf")))
 
 
 def crossover_tokens(records, margin: float = 1.02) -> int | None:

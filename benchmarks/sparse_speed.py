@@ -1,0 +1,86 @@
+"""H100 tables: dense vs 2:4 sparse on LLaMA-7B shapes (random 2:4 weights), per linear and end to end.
+
+    PYTHONPATH=. python benchmarks/sparse_speed.py --out DIR [--layers 32] [--self-check]
+
+Prints the tables last; writes DIR/sparse_speed.json (same schema as `wandapp bench`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def self_check(device) -> None:
+    """Cached-plan cuSPARSELt against cuBLAS on random 2:4 weights; eager cost per call after the plan exists."""
+    from wandapp.bench.cusparselt import CusparseLt
+    from wandapp.bench.linear_sweep import make_operands, rel_error
+    from wandapp.bench.timing import median_ms_eager
+
+    lt = CusparseLt(device)
+    for shape, tokens in (((4096, 4096), 16), ((11008, 4096), 2048), ((4096, 11008), 333)):
+        w, x = make_operands(shape, tokens, torch.float16, device)
+        c = lt.compress(w)
+        t0 = time.perf_counter()
+        y = lt.linear(c, x, shape[0])
+        torch.cuda.synchronize(device)
+        first = (time.perf_counter() - t0) * 1000
+        err = rel_error(y, F.linear(x, w))
+        eager = median_ms_eager(lambda: lt.linear(c, x, shape[0]), device)
+        print(f"self-check {shape} x {tokens}: rel_err {err:.2e}, first call (plan) {first:.1f} ms, "
+              f"eager {eager:.3f} ms, max alg id {lt.max_alg_id(shape[0], shape[1], tokens, torch.float16)}")
+        assert err < 1e-2, err
+
+
+def print_tables(result) -> None:
+    print("\n| shape | tokens | dense ms | sparse ms | speedup | alg,splitk | chosen |")
+    for r in result["linear"]:
+        print(f"| {r['name']} {r['out_features']}x{r['in_features']} | {r['tokens']} | {r['dense_ms']:.4f} | "
+              f"{r['sparse_ms']:.4f} | {r['speedup']:.2f} | {r['alg_id']},{r['split_k']} | {r['chosen']} |")
+    print("crossover tokens:", result["crossover_tokens"], "tolerance:", result["tolerance"])
+    e2e = result.get("end_to_end")
+    if e2e:
+        for row in e2e["prefill"]:
+            print(f"prefill {row['kernel']} b{row['batch']} x {row['prompt_len']}: {row['ms']:.2f} ms")
+        for row in e2e["decode"]:
+            print(f"decode {row['kernel']} b{row['batch']} prompt {row['prompt_len']}: {row['tokens_per_s']:.1f} tok/s")
+        print("prefill speedup:", e2e["prefill_speedup"])
+        print("decode speedup:", e2e["decode_speedup"])
+
+
+def main() -> int:
+    from wandapp.bench.linear_sweep import LLAMA7B_SHAPES
+    from wandapp.bench.runner import run_bench
+    from wandapp.bench.synthetic import build_random_2of4_llama
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="results")
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--self-check", action="store_true")
+    ap.add_argument("--no-e2e", action="store_true")
+    args = ap.parse_args()
+    device = torch.device("cuda", torch.cuda.current_device())
+    if args.self_check:
+        self_check(device)
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save = lambda r: (out / "sparse_speed.json").write_text(json.dumps(r, indent=1, default=str))  # noqa: E731
+    model = None if args.no_e2e else build_random_2of4_llama(device, torch.float16, num_layers=args.layers)
+    result = run_bench(model, LLAMA7B_SHAPES, device, prefill_cases=((1, 512), (1, 2048), (1, 4096), (4, 2048)),
+                       decode_cases=((1, 512), (16, 512)), on_partial=save,
+                       log=lambda m: print(m, file=sys.stderr, flush=True))
+    result["model"] = f"LLaMA-7B-shaped, {args.layers} layers, random 2:4 weights, float16"
+    save(result)
+    print_tables(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

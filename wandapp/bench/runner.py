@@ -1,0 +1,149 @@
+"""The whole benchmark: tune cuSPARSELt, sweep linear shapes, derive the dense/sparse policy, time end to end."""
+
+from __future__ import annotations
+
+import platform
+import time
+
+import torch
+
+from .end_to_end import (decode_tokens_per_s, logits_rel_error, prefill_ms, random_ids, restore_dense_linears,
+                         swap_in_sparse_linears)
+from .linear_sweep import DEFAULT_TOKENS, crossover_tokens, time_shape, tune_algorithms
+from .sparse_linear import NEVER
+
+SCHEMA_VERSION = 1
+
+
+def environment(device) -> dict:
+    import transformers
+
+    env = dict(torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
+               cuda=torch.version.cuda, date=time.strftime("%Y-%m-%d %H:%M:%S"))
+    if device is not None and torch.device(device).type == "cuda":
+        env.update(gpu=torch.cuda.get_device_name(device), cusparselt=torch.backends.cusparselt.version(),
+                   capability=".".join(map(str, torch.cuda.get_device_capability(device))))
+    return env
+
+
+def skipped_result(reason: str) -> dict:
+    return dict(schema_version=SCHEMA_VERSION, skipped=True, reason=reason, environment=environment(None))
+
+
+def model_shapes(model) -> dict[str, tuple[int, int]]:
+    """Distinct (out, in) shapes of the prunable linears, named by their first linear's short name."""
+    from ..adapter import DecoderAdapter
+
+    shapes: dict[tuple[int, int], str] = {}
+    for name, lin in DecoderAdapter.from_model(model).all_linears().items():
+        shapes.setdefault((lin.out_features, lin.in_features), name.split(".")[-1])
+    return {n: s for s, n in shapes.items()}
+
+
+def tune(lt, shapes, dtype, device, tune_tokens=(2048, 8192), log=print) -> dict:
+    """Best (alg_id, split_k) per shape and tuned token count."""
+    best = {}
+    for name, shape in shapes.items():
+        for tokens in tune_tokens:
+            recs = tune_algorithms(lt, name, shape, tokens, dtype, device)
+            ok = [r for r in recs if "sparse_ms" in r]
+            best[(shape, tokens)] = (ok[0]["alg_id"], ok[0]["split_k"]) if ok else (0, 1)
+            log(f"tuned {name} {shape} at {tokens} tokens: alg {best[(shape, tokens)]}")
+    return best
+
+
+def alg_chooser(best: dict, shape):
+    """(alg_id, split_k) for a token count: the tuned entry of the nearest tuned token count."""
+    tuned = sorted(t for (s, t) in best if s == shape)
+
+    def choose(tokens: int):
+        if not tuned:
+            return 0, 1
+        return best[(shape, min(tuned, key=lambda t: abs(t - tokens)))]
+
+    return choose
+
+
+def make_policy(linear_records, best):
+    """policy(out, in) -> (min_sparse_tokens, alg_id, split_k): sparse from the measured crossover up, else dense."""
+    table = {}
+    for rec in linear_records:
+        table.setdefault((rec["out_features"], rec["in_features"]), []).append(rec)
+
+    def policy(out_f, in_f):
+        recs = table.get((out_f, in_f), [])
+        cross = crossover_tokens(recs)
+        alg_id, split_k = alg_chooser(best, (out_f, in_f))(max(cross or 1, 2048))
+        return (cross if cross is not None else NEVER), alg_id, split_k
+
+    return policy, {f"{o}x{i}": policy(o, i)[0] if policy(o, i)[0] < NEVER else None for (o, i) in table}
+
+
+def end_to_end(model, policy, lt, device, prefill_cases, decode_cases, decode_steps=64, log=print) -> dict:
+    """Dense then sparse: logits tolerance, prefill ms per (batch, length), decode tokens/s per (batch, prompt)."""
+    ids = random_ids(model, 1, 1024, device, seed=1)
+    with torch.inference_mode():
+        reference = model(input_ids=ids, use_cache=False).logits.float()
+    rows = {"prefill": [], "decode": []}
+    for kind in ("dense", "sparse"):
+        if kind == "sparse":
+            swapped = swap_in_sparse_linears(model, policy, lt)
+            rows["swapped_linears"] = sum(v == "sparse" for v in swapped.values())
+            rows["dense_linears"] = sum(v != "sparse" for v in swapped.values())
+            rows["logits_rel_err"] = logits_rel_error(model, reference, ids)
+            del reference
+        for batch, length in prefill_cases:
+            ms = prefill_ms(model, batch, length, device)
+            rows["prefill"].append(dict(kernel=kind, batch=batch, prompt_len=length, ms=ms,
+                                        tokens_per_s=batch * length / ms * 1000))
+            log(f"prefill {kind} batch {batch} x {length}: {ms:.2f} ms")
+        for batch, prompt in decode_cases:
+            tps = decode_tokens_per_s(model, batch, prompt, decode_steps, device)
+            rows["decode"].append(dict(kernel=kind, batch=batch, prompt_len=prompt, steps=decode_steps,
+                                       tokens_per_s=tps))
+            log(f"decode {kind} batch {batch} prompt {prompt}: {tps:.1f} tok/s")
+    restore_dense_linears(model)
+    rows["prefill_speedup"] = _speedups(rows["prefill"], "ms", lower_is_better=True)
+    rows["decode_speedup"] = _speedups(rows["decode"], "tokens_per_s", lower_is_better=False)
+    return rows
+
+
+def _speedups(rows, key, lower_is_better):
+    dense = {(r["batch"], r["prompt_len"]): r[key] for r in rows if r["kernel"] == "dense"}
+    out = []
+    for r in rows:
+        if r["kernel"] == "sparse" and (r["batch"], r["prompt_len"]) in dense:
+            d = dense[(r["batch"], r["prompt_len"])]
+            out.append(dict(batch=r["batch"], prompt_len=r["prompt_len"],
+                            speedup=(d / r[key]) if lower_is_better else (r[key] / d)))
+    return out
+
+
+def run_bench(model, shapes, device, dtype=torch.float16, tokens=DEFAULT_TOKENS, prefill_cases=((1, 2048),),
+              decode_cases=((1, 512),), decode_steps=64, log=print, on_partial=None) -> dict:
+    """Everything `wandapp bench` writes, as one JSON-ready dict."""
+    from .cusparselt import CusparseLt
+
+    lt = CusparseLt(device)
+    result = dict(schema_version=SCHEMA_VERSION, skipped=False, environment=environment(device),
+                  dtype=str(dtype)[6:], timing="CUDA events around CUDA-graph replays, median; warm-up first")
+    best = tune(lt, shapes, dtype, device, log=log)
+    result["tuned_algorithms"] = [dict(out_features=s[0], in_features=s[1], tokens=t, alg_id=a, split_k=k)
+                                  for (s, t), (a, k) in best.items()]
+    linear = []
+    for name, shape in shapes.items():
+        linear += time_shape(name, shape, tokens, dtype, device, lt=lt, alg_for=alg_chooser(best, shape))
+        log(f"swept {name} {shape}")
+    policy, crossover = make_policy(linear, best)
+    for rec in linear:
+        rec["chosen"] = "sparse" if rec["tokens"] >= (crossover[f"{rec['out_features']}x{rec['in_features']}"] or NEVER) \
+            else "dense"
+    result["linear"] = linear
+    result["crossover_tokens"] = crossover
+    result["tolerance"] = dict(linear_max_rel_err=max(r["rel_err"] for r in linear))
+    if on_partial:
+        on_partial(result)  # the linear tables survive a crash or time-out in the end-to-end part
+    if model is not None:
+        result["end_to_end"] = end_to_end(model, policy, lt, device, prefill_cases, decode_cases, decode_steps, log)
+        result["tolerance"]["logits_rel_err"] = result["end_to_end"]["logits_rel_err"]
+    return result
