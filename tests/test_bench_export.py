@@ -1,0 +1,112 @@
+"""CPU tests of the 2:4 benchmark plumbing and the sparse-24-bitmask export (no GPU needed)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import build_tiny_llama
+from wandapp.adapter import DecoderAdapter
+from wandapp.bench.sparse_linear import NEVER, SparseLinear, choose_kernel
+from wandapp.bench.sparsity import is_2of4, random_2of4_
+from wandapp.errors import WandappError
+from wandapp.export import compress_2of4, decompress_2of4, decompress_checkpoint, export_sparse24, pack_bits
+
+
+def _prune_2of4(model):
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for lin in DecoderAdapter.from_model(model).all_linears().values():
+            random_2of4_(lin.weight, gen)
+    return model
+
+
+def test_random_2of4_has_two_positive_zeros_per_group():
+    w = random_2of4_(torch.empty(8, 32))
+    assert is_2of4(w)
+    assert ((w == 0).reshape(8, 8, 4).sum(-1) == 2).all()
+    assert not torch.signbit(w[w == 0]).any()
+
+
+def test_choose_kernel_sends_small_calls_to_dense():
+    assert choose_kernel(1, 512) == "dense"
+    assert choose_kernel(511, 512) == "dense"
+    assert choose_kernel(512, 512) == "sparse"
+
+
+def test_sparse_linear_on_cpu_is_dense_and_exact():
+    lin = nn.Linear(32, 16, bias=True)
+    with torch.no_grad():
+        random_2of4_(lin.weight)
+    sparse = SparseLinear(lin, min_sparse_tokens=1)
+    x = torch.randn(3, 5, 32)
+    assert sparse.kernel_for(8192) == "dense"  # no cuSPARSELt on CPU: never sparse
+    assert torch.equal(sparse(x), lin(x))
+
+
+def test_sparse_linear_refuses_non_2of4():
+    with pytest.raises(WandappError, match="not 2:4"):
+        SparseLinear(nn.Linear(32, 16), min_sparse_tokens=NEVER)
+
+
+def test_compress_round_trip_and_packbits_layout():
+    w = random_2of4_(torch.empty(16, 40, dtype=torch.float16))
+    w[0, :4] = torch.tensor([0.0, -0.0, 0.0, 1.0])  # 3 zeros in a group, one of them -0.0
+    parts = compress_2of4(w)
+    assert parts["compressed"].shape == (16, 20) and parts["compressed"].dtype == torch.float16
+    assert parts["bitmask"].shape == (16, 5) and parts["bitmask"].dtype == torch.uint8
+    assert parts["shape"].flatten().tolist() == [16, 40]
+    back = decompress_2of4(**parts)
+    expected = w.masked_fill(w == 0, 0.0)  # -0.0 becomes +0.0
+    assert torch.equal(back.view(torch.int16), expected.view(torch.int16))  # bit for bit
+    mask = torch.rand(7, 13) > 0.5
+    assert np.array_equal(pack_bits(mask).numpy(), np.packbits(mask.numpy(), axis=-1, bitorder="little"))
+
+
+def test_export_writes_format_and_round_trips(tmp_path):
+    model = _prune_2of4(build_tiny_llama()).to(torch.float16)
+    qconfig = export_sparse24(model, None, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    sc = config["quantization_config"]["sparsity_config"]
+    assert config["quantization_config"]["quant_method"] == "compressed-tensors" and qconfig["sparsity_config"] == sc
+    assert sc["format"] == "sparse-24-bitmask" and sc["sparsity_structure"] == "2:4"
+    assert sc["targets"] == ["Linear"] and sc["ignore"] == ["lm_head"]
+    assert 0 < sc["global_sparsity"] < 0.5  # the tiny model is mostly its dense embedding
+    dense = decompress_checkpoint(tmp_path)
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue  # tied to the embedding
+        assert torch.equal(dense[name].view(torch.int16), tensor.view(torch.int16)), name
+
+
+def test_export_refuses_weights_that_are_not_2of4(tmp_path):
+    model = _prune_2of4(build_tiny_llama())
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight.fill_(0.5)
+    with pytest.raises(WandappError, match="layers.1.mlp.down_proj"):
+        export_sparse24(model, None, tmp_path)
+
+
+def test_bench_without_gpu_records_skipped(tmp_path, tiny_llama_dir):
+    from wandapp.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", str(tiny_llama_dir), "--output", str(out), "--device", "cpu"]) == 0
+    result = json.loads(out.read_text())
+    assert result["skipped"] is True and result["reason"] == "no CUDA device"
+    assert result["schema_version"] == 1 and "torch" in result["environment"]
+
+
+def test_policy_from_sweep_records():
+    from wandapp.bench.runner import make_policy
+
+    recs = [dict(out_features=8, in_features=4, tokens=t, speedup=s)
+            for t, s in ((1, 0.3), (512, 0.9), (2048, 1.3), (8192, 1.5))]
+    recs += [dict(out_features=4, in_features=4, tokens=t, speedup=0.8) for t in (1, 8192)]
+    policy, crossover = make_policy(recs, {((8, 4), 2048): (3, 2)})
+    assert policy(8, 4) == (2048, 3, 2)
+    assert policy(4, 4)[0] == NEVER and crossover == {"8x4": 2048, "4x4": None}

@@ -1,0 +1,74 @@
+"""`wandapp bench`: dense against 2:4 sparse kernels for a pruned model, per linear shape and end to end."""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import WandappError
+from ..io import write_json
+
+log = logging.getLogger("wandapp.bench")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v)
+    except ValueError:
+        raise WandappError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _pairs(batches: str, lengths: str) -> tuple[tuple[int, int], ...]:
+    return tuple((b, n) for b in _ints(batches) for n in _ints(lengths))
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time dense vs 2:4 sparse kernels (per linear shape and end to end) on a GPU",
+        description="Swap a 2:4 pruned model's linears for cuSPARSELt kernels (dense where sparse loses), check "
+        "outputs against the dense model, and time both with CUDA graphs. With no GPU it records a skipped result.",
+    )
+    p.add_argument("--model", required=True, help="2:4 pruned model (folder, hub id, .gguf)")
+    p.add_argument("--output", required=True, help="results JSON file")
+    p.add_argument("--device", default="cuda", help="CUDA device (default cuda)")
+    p.add_argument("--dtype", default="float16", help="float16 or bfloat16 (default float16)")
+    p.add_argument("--tokens", default="1,16,64,128,256,512,1024,2048,4096,8192", help="token counts per linear")
+    p.add_argument("--batch-sizes", default="1,4", help="prefill and decode batch sizes")
+    p.add_argument("--prompt-lengths", default="512,2048", help="prefill prompt lengths")
+    p.add_argument("--decode-tokens", type=int, default=64, help="decode steps timed per case")
+    shapes = p.add_mutually_exclusive_group()
+    shapes.add_argument("--shapes-from-model", action="store_true", default=True,
+                        help="sweep the model's own linear shapes (default)")
+    shapes.add_argument("--llama7b-shapes", action="store_true", help="sweep LLaMA-7B linear shapes instead")
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    import torch
+
+    from ..bench.runner import model_shapes, run_bench, skipped_result
+    from ..models import load_model, parse_dtype
+
+    device = torch.device(args.device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        write_json(args.output, skipped_result("no CUDA device"))
+        log.warning("no CUDA device: wrote a skipped result to %s", args.output)
+        return
+    if not torch.backends.cusparselt.is_available():
+        write_json(args.output, skipped_result("this torch build has no cuSPARSELt"))
+        log.warning("no cuSPARSELt in this torch build: wrote a skipped result to %s", args.output)
+        return
+    dtype = parse_dtype(args.dtype)
+    if dtype not in (torch.float16, torch.bfloat16):
+        raise WandappError(f"2:4 kernels run in float16 or bfloat16, not {args.dtype}")
+    model, _ = load_model(args.model, dtype=dtype, device=device)
+    if args.llama7b_shapes:
+        from ..bench.linear_sweep import LLAMA7B_SHAPES as shapes
+    else:
+        shapes = model_shapes(model)
+    result = run_bench(model, shapes, device, dtype=dtype, tokens=_ints(args.tokens),
+                       prefill_cases=_pairs(args.batch_sizes, args.prompt_lengths),
+                       decode_cases=_pairs(args.batch_sizes, "512"), decode_steps=args.decode_tokens,
+                       log=log.info, on_partial=lambda r: write_json(args.output, r))
+    result["model"] = args.model
+    write_json(args.output, result)

@@ -1,0 +1,28 @@
+"""`wandapp export`: write a 2:4 pruned model as a compressed-tensors sparse-24-bitmask checkpoint."""
+
+from __future__ import annotations
+
+from ..io import atomic_dir
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a 2:4 pruned model to the compressed-tensors sparse-24-bitmask format (for pinned vLLM)",
+        description="Write a checkpoint that vLLM versions with 2:4 support load (see envs/vllm.yaml). Every "
+        "prunable linear must be exactly 2:4; nothing is re-pruned.",
+    )
+    p.add_argument("--model", required=True, help="2:4 pruned model (folder, hub id, .gguf)")
+    p.add_argument("--format", default="sparse-24-bitmask", choices=["sparse-24-bitmask"])
+    p.add_argument("--dtype", default="float16", help="weight dtype written (default float16)")
+    p.add_argument("--output", required=True, help="folder to write (replaced atomically)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    from ..export import export_sparse24
+    from ..models import load_model
+
+    model, tokenizer = load_model(args.model, dtype=args.dtype)
+    with atomic_dir(args.output) as tmp:
+        export_sparse24(model, tokenizer, tmp)
