@@ -40,11 +40,15 @@ def model_shapes(model) -> dict[str, tuple[int, int]]:
     return {n: s for s, n in shapes.items()}
 
 
-def tune(lt, shapes, dtype, device, tune_tokens=(2048, 8192), log=print) -> dict:
-    """Best (alg_id, split_k) per shape and tuned token count."""
+def tune(lt, shapes, dtype, device, tune_tokens=(2048, 8192), log=print, budget_s: float = 60.0) -> dict:
+    """Best (alg_id, split_k) per shape and tuned token count; stops tuning after `budget_s` seconds."""
     best = {}
+    start = time.time()
     for name, shape in shapes.items():
         for tokens in tune_tokens:
+            if time.time() - start > budget_s:
+                log(f"tuning budget spent: {name} at {tokens} tokens keeps the default algorithm")
+                continue
             recs = tune_algorithms(lt, name, shape, tokens, dtype, device)
             ok = [r for r in recs if "sparse_ms" in r]
             best[(shape, tokens)] = (ok[0]["alg_id"], ok[0]["split_k"]) if ok else (0, 1)
