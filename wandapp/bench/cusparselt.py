@@ -86,9 +86,17 @@ class CusparseLt:
         return compressed
 
     def linear(self, compressed: torch.Tensor, x: torch.Tensor, out_f: int, alg_id: int = 0, split_k: int = 1):
-        """x (tokens, in) contiguous -> (tokens, out) view of a (out, tokens) result."""
+        """x (tokens, in) contiguous -> (tokens, out) view of a (out, tokens) result.
+
+        cuSPARSELt refuses a token count that is not a multiple of 16 ("operation not supported", measured
+        at 1 and 333), so such an input is padded with zero rows and the extra columns are dropped.
+        """
         tokens, in_f = x.shape
-        return self.plan(out_f, in_f, tokens, x.dtype, alg_id, split_k).run(compressed, x).t()
+        pad = -tokens % 16
+        if pad:
+            x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+        out = self.plan(out_f, in_f, tokens + pad, x.dtype, alg_id, split_k).run(compressed, x)
+        return (out[:, :tokens] if pad else out).t()
 
     def max_alg_id(self, out_f: int, in_f: int, tokens: int, dtype: torch.dtype) -> int:
         return self.plan(out_f, in_f, tokens, dtype).max_alg_id

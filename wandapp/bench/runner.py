@@ -51,8 +51,13 @@ def tune(lt, shapes, dtype, device, tune_tokens=(2048, 8192), log=print, budget_
                 continue
             recs = tune_algorithms(lt, name, shape, tokens, dtype, device)
             ok = [r for r in recs if "sparse_ms" in r]
+            errors = [r["error"] for r in recs if "error" in r]
+            if errors:
+                log(f"{len(errors)} of {len(recs)} algorithm settings refused, e.g. {errors[0]}")
             best[(shape, tokens)] = (ok[0]["alg_id"], ok[0]["split_k"]) if ok else (0, 1)
-            log(f"tuned {name} {shape} at {tokens} tokens: alg {best[(shape, tokens)]}")
+            default = [r["sparse_ms"] for r in ok if r["alg_id"] == 0 and r["split_k"] == 1]
+            log(f"tuned {name} {shape} at {tokens} tokens: (alg, split_k) {best[(shape, tokens)]} "
+                f"{ok[0]['sparse_ms'] if ok else float('nan'):.4f} ms, default {default[0] if default else 'n/a'}")
     return best
 
 
