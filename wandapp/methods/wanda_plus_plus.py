@@ -41,7 +41,8 @@ def compute_precision(device: torch.device, precision: str):
         finally:
             torch.backends.cuda.matmul.allow_tf32 = previous
     else:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        # No cast cache: weights are masked and updated in place, and a cached bf16 copy would go stale.
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
             yield
 
 

@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from wandapp.data import (calibration_windows, c4_eval_documents, c4_train_documents, eval_tokens,
+                          sample_document_windows, sample_stream_windows)
+from wandapp.errors import DataError
+
+
+def test_document_sampler_follows_wanda_protocol():
+    # Documents of known token length; the protocol rejects documents of <= seqlen tokens.
+    docs = ["a " * 3, "b " * 50, "c " * 9, "d " * 80]
+    encode = lambda s: [ord(s[0])] * len(s.split())  # noqa: E731
+    import random
+
+    rng = random.Random(7)
+    expected = []
+    for _ in range(5):
+        while True:
+            i = rng.randint(0, len(docs) - 1)
+            if len(encode(docs[i])) > 10:
+                break
+        j = rng.randint(0, len(encode(docs[i])) - 10 - 1)
+        expected.append(encode(docs[i])[j : j + 10])
+    got = sample_document_windows(docs, encode, 5, 10, seed=7)
+    assert got.tolist() == expected
+
+
+def test_c4_windows_are_stable_for_seed_0(data_dir, tokenizer):
+    a = calibration_windows("c4", tokenizer, 4, 64, 0, data_dir)
+    b = calibration_windows("c4", tokenizer, 4, 64, 0, data_dir)
+    assert a.shape == (4, 64) and torch.equal(a, b)
+    assert not torch.equal(a, calibration_windows("c4", tokenizer, 4, 64, 1, data_dir))
+    # pinned: the first window of seed 0 on the shipped C4 sample (regression guard for the sampler)
+    assert a[0, :8].tolist() == [351, 957, 1686, 28, 564, 585, 339, 761]
+    assert a[:, 0].tolist() == [351, 1188, 198, 417]
+
+
+def test_c4_heldout_is_disjoint_from_calibration(data_dir):
+    train = c4_train_documents(data_dir)
+    held, label = c4_eval_documents(data_dir)
+    assert len(train) == 900 and len(held) == 100 and not set(train) & set(held)
+    assert "held out" in label
+
+
+def test_stream_sampler_and_errors():
+    ids = torch.arange(100)
+    w = sample_stream_windows(ids, 3, 10, 0)
+    assert w.shape == (3, 10) and all((row[1:] - row[:-1] == 1).all() for row in w)
+    with pytest.raises(DataError):
+        sample_stream_windows(torch.arange(5), 1, 10, 0)
+
+
+def test_wikitext_eval_text_joins_rows(data_dir, tokenizer):
+    tokens, label = eval_tokens("wikitext2", tokenizer, data_dir, "test")
+    assert tokens.numel() > 250_000 and "test" in label
+
+
+def test_missing_mirror_file_is_a_clear_error(tmp_path, tokenizer):
+    (tmp_path / "wikitext2").mkdir()
+    with pytest.raises(DataError, match="missing data file"):
+        calibration_windows("c4", tokenizer, 1, 8, 0, tmp_path)
+    with pytest.raises(DataError, match="no train split"):
+        calibration_windows("wikitext2", tokenizer, 1, 8, 0, tmp_path)
+
+
+def test_local_jsonl_and_text_calibration(tmp_path, tokenizer):
+    jl = tmp_path / "docs.jsonl"
+    jl.write_text('{"text": "' + "hello world " * 40 + '"}\n')
+    assert calibration_windows(str(jl), tokenizer, 2, 16, 0, None).shape == (2, 16)
+    txt = tmp_path / "t.txt"
+    txt.write_text("some text " * 50)
+    assert calibration_windows(str(txt), tokenizer, 2, 16, 0, None).shape == (2, 16)
