@@ -64,6 +64,7 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--self-check", action="store_true")
     ap.add_argument("--no-e2e", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="no algorithm tuning, 3 token counts, prefill 1x2048 only")
     args = ap.parse_args()
     device = torch.device("cuda", torch.cuda.current_device())
     if args.self_check:
@@ -73,8 +74,10 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     save = lambda r: (out / "sparse_speed.json").write_text(json.dumps(r, indent=1, default=str))  # noqa: E731
     model = None if args.no_e2e else build_random_2of4_llama(device, torch.float16, num_layers=args.layers)
-    result = run_bench(model, LLAMA7B_SHAPES, device, prefill_cases=((1, 512), (1, 2048), (4, 2048)),
-                       decode_cases=((1, 512), (16, 512)), on_partial=save,
+    quick = dict(tokens=(512, 2048, 8192), tune_tokens=(), prefill_cases=((1, 2048),),
+                 decode_cases=((1, 512),)) if args.quick else {}
+    cases = dict(prefill_cases=((1, 512), (1, 2048), (4, 2048)), decode_cases=((1, 512), (16, 512)))
+    result = run_bench(model, LLAMA7B_SHAPES, device, **{**cases, **quick}, on_partial=save,
                        log=lambda m: print(m, file=sys.stderr, flush=True))
     result["model"] = f"LLaMA-7B-shaped, {args.layers} layers, random 2:4 weights, float16"
     save(result)

@@ -129,14 +129,15 @@ def _speedups(rows, key, lower_is_better):
 
 
 def run_bench(model, shapes, device, dtype=torch.float16, tokens=DEFAULT_TOKENS, prefill_cases=((1, 2048),),
-              decode_cases=((1, 512),), decode_steps=64, log=print, on_partial=None) -> dict:
+              decode_cases=((1, 512),), decode_steps=64, log=print, on_partial=None,
+              tune_tokens=(2048, 8192)) -> dict:
     """Everything `wandapp bench` writes, as one JSON-ready dict."""
     from .cusparselt import CusparseLt
 
     lt = CusparseLt(device)
     result = dict(schema_version=SCHEMA_VERSION, skipped=False, environment=environment(device),
                   dtype=str(dtype)[6:], timing="CUDA events around CUDA-graph replays, median; warm-up first")
-    best = tune(lt, shapes, dtype, device, log=log)
+    best = tune(lt, shapes, dtype, device, tune_tokens, log=log)
     result["tuned_algorithms"] = [dict(out_features=s[0], in_features=s[1], tokens=t, alg_id=a, split_k=k)
                                   for (s, t), (a, k) in best.items()]
     linear = []
