@@ -9,6 +9,9 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# Tests never reach the hub: fail fast instead of retrying a closed network.
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
 DATA_DIR = Path(os.environ.get("WANDAPP_DATA_DIR", REPO.parent / "shared" / "data"))
 
 

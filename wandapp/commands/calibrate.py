@@ -26,6 +26,19 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def check_calibration_source(args) -> None:
+    """Fail on a bad data folder or calibration source before anything slow (model loading) starts."""
+    from pathlib import Path
+
+    from ..data import data_root
+    from ..errors import DataError
+
+    if args.calibration in ("c4", "wikitext2"):
+        data_root(args.data_dir)
+    elif not Path(args.calibration).expanduser().is_file():
+        raise DataError(f"unknown calibration source {args.calibration!r}: not c4, wikitext2 or an existing file")
+
+
 def calibration_ids(args, tokenizer):
     """Token windows for prune/calibrate: from a cached file or sampled now."""
     import torch
@@ -48,6 +61,7 @@ def run(args) -> None:
     from ..data import save_calibration
     from ..models import load_tokenizer
 
+    check_calibration_source(args)
     tokenizer = load_tokenizer(args.model)
     ids, meta = calibration_ids(args, tokenizer)
     save_calibration(args.output, ids, {**meta, "tokenizer": args.model})

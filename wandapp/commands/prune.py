@@ -62,7 +62,7 @@ def run(args) -> None:
     from ..prune_report import sparsity_summary
     from ..runinfo import measured, versions
     from ..walker import prune_model
-    from .calibrate import calibration_ids
+    from .calibrate import calibration_ids, check_calibration_source
 
     pattern = SparsityPattern.parse(args.sparsity)
     hyper = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
@@ -78,6 +78,7 @@ def run(args) -> None:
     if args.micro_batch < 1:
         raise WandappError("--micro-batch must be >= 1")
     device, dtype = device_and_dtype(args)
+    check_calibration_source(args)
 
     torch.manual_seed(args.seed)
     model, tokenizer = load_model(args.model, dtype, "cpu")

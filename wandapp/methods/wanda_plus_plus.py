@@ -24,6 +24,8 @@ from ..walker import BlockContext
 from .stats import ColumnNorm
 
 PRECISIONS = ("fp32", "tf32", "bf16")
+X_NORMS = ("l2", "per-sample", "rms")
+G_NORMS = ("none", "mean")
 
 
 @contextlib.contextmanager
@@ -66,8 +68,11 @@ class WandaPlusPlus:
     family: ClassVar[str] = "wanda++"
 
     def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}")
+        for key, allowed in (("precision", PRECISIONS), ("x_norm", X_NORMS), ("g_norm", G_NORMS)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
+        if min(self.ro_rounds, self.ro_samples, self.ro_batch, self.ro_epochs) < 1 and self.ro:
+            raise ValueError("ro_rounds, ro_samples, ro_batch and ro_epochs must be >= 1")
 
     @property
     def name(self) -> str:
