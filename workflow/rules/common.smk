@@ -1,8 +1,9 @@
 # Config validation, result paths, target lists and input functions shared by every rule file.
 # Paths: RESULTS/models/{model}/base            converted model (kept; every later step loads it)
 #        RESULTS/calib/{model}/{calib}.safetensors  calibration windows, shared by all methods and sparsities
-#        RESULTS/models/{model}/{method}/{sparsity}[+lora]   pruned (or LoRA-tuned) model, temp() unless kept
-#        RESULTS/metrics/{model}/{method}/{sparsity}[+lora]/{prune,lora,ppl_<dataset>,tasks,bench}.json
+#        RESULTS/models/{model}/{method}/{variant}   pruned model, temp() unless kept
+#        RESULTS/metrics/{model}/{method}/{variant}/{prune,lora,ppl_<dataset>,tasks,bench}.json
+# {variant} is the sparsity, with the suffix LORA_SUFFIX for the LoRA-tuned model.
 # {sparsity} is the config string with ':' written as '-' ("2:4" -> "2-4"); the dense baseline is dense/0.
 
 import re
@@ -159,6 +160,16 @@ def report_figures():
     if config["bench"]["enabled"]:
         names.append("speedup")
     return names
+
+
+HYPERPARAMETER_FLAGS = ["preset", "alpha", "ro_lr", "ro_rounds", "ro_samples"]
+
+
+def prune_flags(wildcards):
+    """`wandapp prune` flags from the method's config entry: {alpha: 100} -> --alpha 100."""
+    spec = METHODS[wildcards.method]
+    flags = [f"--{key.replace('_', '-')} {spec[key]}" for key in HYPERPARAMETER_FLAGS if key in spec]
+    return " ".join(flags + [spec.get("extra_args", "")]).strip()
 
 
 def maybe_temp(path):

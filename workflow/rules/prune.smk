@@ -1,15 +1,6 @@
 # Prune one model with one method at one sparsity. The model folder is temp() unless keep_pruned_models is set;
 # its prune_report.json is copied to the metrics folder, which is kept.
 
-HYPERPARAMETER_FLAGS = ["preset", "alpha", "ro_lr", "ro_rounds", "ro_samples"]
-
-
-def prune_flags(wildcards):
-    """`wandapp prune` flags from the method's config entry: {alpha: 100} -> --alpha 100."""
-    spec = METHODS[wildcards.method]
-    flags = [f"--{key.replace('_', '-')} {spec[key]}" for key in HYPERPARAMETER_FLAGS if key in spec]
-    return " ".join(flags + [spec.get("extra_args", "")]).strip()
-
 
 rule prune:
     input:
