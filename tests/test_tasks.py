@@ -8,7 +8,9 @@ import pytest
 
 from wandapp.cli import main
 from wandapp.errors import DataError, WandappError
-from wandapp.evaluate.tasks import LOCAL_TASKS, PAPER_TASKS, check_tasks, local_task_yaml, parse_task_list
+from wandapp.evaluate.tasks import (
+    LOCAL_TASKS, PAPER_TASKS, check_tasks, local_task_files, local_task_yaml, parse_task_list,
+)
 
 LIMIT = 3
 
@@ -66,6 +68,15 @@ def test_missing_local_file_names_it(tmp_path):
     (tmp_path / "tasks" / "rte").mkdir(parents=True)
     with pytest.raises(DataError, match=r"tasks/rte/validation\.jsonl"):
         check_tasks(["rte"], tmp_path)
+
+
+def test_gzipped_local_file_is_used(tmp_path):
+    import gzip
+
+    (tmp_path / "tasks" / "rte").mkdir(parents=True)
+    with gzip.open(tmp_path / "tasks" / "rte" / "validation.jsonl.gz", "wt") as f:
+        f.write('{"sentence1": "a", "sentence2": "b", "label": 0, "idx": 0}\n')
+    assert local_task_files("rte", tmp_path)["validation"].name == "validation.jsonl.gz"
 
 
 def test_task_list_parsing():

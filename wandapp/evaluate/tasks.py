@@ -56,12 +56,22 @@ def local_task_files(task: str, root: Path) -> dict[str, Path]:
     """{split: absolute file} of a task in the mirror; DataError naming the file when the evaluated one is missing."""
     spec = LOCAL_TASKS[task]
     folder = (root / "tasks" / task).resolve()
-    files = {spec.eval_split: folder / spec.eval_file}
-    if not files[spec.eval_split].is_file():
-        raise DataError(f"missing task file: {files[spec.eval_split]}")
-    if spec.fewshot_file and (folder / spec.fewshot_file).is_file():
-        files[spec.fewshot_split] = folder / spec.fewshot_file
+    evaluated = _plain_or_gz(folder / spec.eval_file)
+    if evaluated is None:
+        raise DataError(f"missing task file: {folder / spec.eval_file}")
+    files = {spec.eval_split: evaluated}
+    fewshot = _plain_or_gz(folder / spec.fewshot_file) if spec.fewshot_file else None
+    if fewshot is not None:
+        files[spec.fewshot_split] = fewshot
     return files
+
+
+def _plain_or_gz(path: Path) -> Path | None:
+    """The file, or its gzip-compressed copy (smaller to ship to a GPU machine)."""
+    for candidate in (path, path.with_name(path.name + ".gz")):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def check_tasks(tasks: list[str], root: Path | None) -> None:
