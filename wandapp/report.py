@@ -208,9 +208,11 @@ def _new_figure(nrows: int, ncols: int, panel=(3.6, 2.8)):
 
 
 def _colours(series: list[tuple[str, bool]]) -> dict[str, str]:
-    """One colour per method; its LoRA variant shares it, hatched."""
+    """A fixed colour per known method, whatever else is plotted; its LoRA variant shares it, hatched."""
     methods = list(dict.fromkeys(m for m, _ in series))
-    return {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(methods)}
+    others = [m for m in methods if m not in METHOD_ORDER]
+    index = {m: METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER) + others.index(m) for m in methods}
+    return {m: PALETTE[index[m] % len(PALETTE)] for m in methods}
 
 
 def _series(table: pd.DataFrame) -> list[tuple[str, bool]]:
