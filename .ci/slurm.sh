@@ -38,9 +38,10 @@ MinJobAge=300
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=${mem} State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 CONF
+  # Rerunnable: daemons already up (a previous `up` without `down`) are kept.
   pgrep -x munged >/dev/null || su -s /bin/sh munge -c /usr/sbin/munged
-  /usr/sbin/slurmctld
-  /usr/sbin/slurmd -N localhost   # -N: the node name does not depend on this machine's hostname
+  pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld
+  pgrep -x slurmd >/dev/null || /usr/sbin/slurmd -N localhost   # -N: node name independent of the hostname
   for _ in $(seq 30); do sinfo -h -o %t 2>/dev/null | grep -q idle && break; sleep 1; done
   sinfo
   srun -t 1 hostname
