@@ -237,7 +237,8 @@ def _grouped_bars(ax, sub: pd.DataFrame, value: str, series, colours, fmt="{:.3g
         bars = ax.bar(xs, ys, width, color=colours[method], label=label, hatch="//" if lora else None,
                       edgecolor="white", linewidth=0.5)
         if len(series) * len(sparsities) <= 24:
-            ax.bar_label(bars, labels=[fmt.format(y) for y in ys], fontsize=6, rotation=90, padding=2)
+            ax.bar_label(bars, labels=[fmt(y) if callable(fmt) else fmt.format(y) for y in ys], fontsize=6,
+                         rotation=90, padding=2)
     ax.set_xticks(range(len(sparsities)), [sparsity_label(s) for s in sparsities])
     ax.set_xlabel("sparsity")
     if log:
@@ -299,6 +300,10 @@ def _dense_handle():
     return Line2D([], [], color="black", linestyle="--", linewidth=1, label="dense")
 
 
+def _ppl_label(v: float) -> str:
+    return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
+
+
 def figure_ppl(table: pd.DataFrame, relative: bool):
     cols = [c for c in table.columns if c.startswith("ppl_") and not c.endswith("_rel")]
     title = "Perplexity relative to dense" if relative else "Perplexity"
@@ -315,7 +320,7 @@ def figure_ppl(table: pd.DataFrame, relative: bool):
             ax, sub = axes[r, c], table[table.model == model]
             value = f"{col}_rel" if relative else col
             _grouped_bars(ax, sub[sub.method != DENSE], value, series, colours, log=True,
-                          fmt="{:.2f}x" if relative else "{:.3g}")
+                          fmt="{:.2f}x" if relative else _ppl_label)
             dense = sub[sub.method == DENSE][col].dropna()
             if relative:
                 _dense_line(ax, 1.0, "dense = 1")
@@ -349,7 +354,7 @@ def figure_accuracy(table: pd.DataFrame):
         ax.set_ylabel("mean accuracy (%)")
         _fit_limits(ax, log=False)
         ax.set_title(model, fontsize=9)
-    _finish(fig, axes, series, colours, f"{title} over {len(tasks)} tasks: {', '.join(tasks)}", [_dense_handle()])
+    _finish(fig, axes, series, colours, f"{title} over {len(tasks)} tasks\n({', '.join(tasks)})", [_dense_handle()])
     return fig
 
 
@@ -399,16 +404,22 @@ def figure_prune_cost(table: pd.DataFrame):
     return fig
 
 
-def _save(fig, path: Path) -> None:
-    """Write through a temporary file so a reader never sees half a figure."""
+def _atomic_write(path: Path, write) -> None:
+    """Call write(tmp) on a temporary sibling, then rename it over `path`: a reader never sees half a file.
+    mkstemp creates the file 0600; reports are for sharing, so it gets the usual 0644."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=200, format=path.suffix[1:])
+        write(tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _save(fig, path: Path) -> None:
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=200, format=path.suffix[1:]))
 
 
 def write_report(table: pd.DataFrame, output: str | os.PathLike) -> list[Path]:
@@ -431,14 +442,7 @@ def write_report(table: pd.DataFrame, output: str | os.PathLike) -> list[Path]:
         for ext in ("png", "svg"):
             _save(fig, out / f"{name}.{ext}")
             written.append(out / f"{name}.{ext}")
-    csv = out / "summary.csv"
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".csv")
-    os.close(fd)
-    table.to_csv(tmp, index=False, float_format="%.6g")
-    os.replace(tmp, csv)
-    md = out / "summary.md"
-    fd, tmp = tempfile.mkstemp(dir=out, suffix=".md")
-    with os.fdopen(fd, "w") as f:
-        f.write(summary_markdown(table))
-    os.replace(tmp, md)
+    csv, md = out / "summary.csv", out / "summary.md"
+    _atomic_write(csv, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
+    _atomic_write(md, lambda tmp: Path(tmp).write_text(summary_markdown(table)))
     return written + [csv, md]
