@@ -43,6 +43,15 @@ def parse_run(text: str) -> tuple[str, str | None, dict, str]:
     return method, sparsity, hyper, preset
 
 
+def best_run(path: str) -> dict:
+    """Hyperparameters of the Wanda++ run with the lowest WikiText-2 *validation* perplexity in a results file."""
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    rows = [r for r in rows if r["method"] == "wanda++" and "ppl_validation" in r]
+    best = min(rows, key=lambda r: r["ppl_validation"])
+    print(f"tuned = {best['run']} (validation ppl {best['ppl_validation']})", flush=True)
+    return best["hyper"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
@@ -55,6 +64,9 @@ def main() -> None:
     ap.add_argument("--splits", default="validation,test")
     ap.add_argument("--max-windows", type=int, default=None)
     ap.add_argument("--runs", nargs="+", required=True)
+    ap.add_argument("--micro-batch", type=int, default=16)
+    ap.add_argument("--tuned-from", default=None,
+                    help="results file: a run's hyper string 'best' means the best Wanda++ setting found there")
     ap.add_argument("--output", required=True)
     args = ap.parse_args()
 
@@ -65,8 +77,11 @@ def main() -> None:
     calib = calibration_windows("c4", tok, args.nsamples, args.seqlen, args.seed, root)
     texts = {s: eval_tokens("wikitext2", tok, root, s)[0] for s in args.splits.split(",")}
     rows = []
+    tuned = best_run(args.tuned_from) if args.tuned_from else None
     for run in args.runs:
-        method, sparsity, hyper, preset = parse_run(run)
+        method, sparsity, hyper, preset = parse_run(run.replace("@best", ""))
+        if run.endswith("@best"):
+            hyper = dict(tuned)
         model.load_state_dict(dense_state)
         model.to(device)
         row = {"run": run, "method": method, "sparsity": sparsity or "dense", "preset": preset, "hyper": hyper}
@@ -76,7 +91,7 @@ def main() -> None:
             torch.cuda.synchronize(device) if device.type == "cuda" else None
             torch.cuda.reset_peak_memory_stats(device) if device.type == "cuda" else None
             t = time.perf_counter()
-            logs = prune_model(model, calib, m, device, offload=False)
+            logs = prune_model(model, calib, m, device, offload=False, micro_batch=args.micro_batch)
             torch.cuda.synchronize(device) if device.type == "cuda" else None
             row.update(prune_s=round(time.perf_counter() - t, 2), hyperparameters=m.hyperparameters(),
                        sparsity_overall=sparsity_summary(model, pattern)["sparsity_overall"],

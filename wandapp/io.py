@@ -11,9 +11,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+# mkstemp/mkdtemp create owner-only entries; results are shared on clusters, so open them up like a plain write.
+FILE_MODE, DIR_MODE = 0o644, 0o755
+
+
 def _tmp_sibling(path: Path, suffix: str = "") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", suffix=suffix, dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", suffix=suffix, dir=path.parent))
+    os.chmod(tmp, DIR_MODE)
+    return tmp
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
@@ -25,6 +31,7 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=False, default=str)
             f.write("\n")
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -68,6 +75,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -15,6 +15,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from wandapp.codeversion import stage_code_hash
+from wandapp.commands.prune import HYPERPARAMETERS as PRUNE_HYPERPARAMETERS
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -162,7 +163,8 @@ def report_figures():
     return names
 
 
-HYPERPARAMETER_FLAGS = ["preset", "alpha", "ro_lr", "ro_rounds", "ro_samples"]
+# Every `wandapp prune` hyperparameter option, from the CLI's own list (one source of truth).
+HYPERPARAMETER_FLAGS = ["preset"] + [flag.lstrip("-").replace("-", "_") for flag, _, _ in PRUNE_HYPERPARAMETERS]
 
 
 def prune_flags(wildcards):
