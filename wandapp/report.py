@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 
 from .errors import WandappError
-from .io import read_json
+from .io import atomic_file, read_json
 
 log = logging.getLogger(__name__)
 
@@ -405,17 +404,9 @@ def figure_prune_cost(table: pd.DataFrame):
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Call write(tmp) on a temporary sibling, then rename it over `path`: a reader never sees half a file.
-    mkstemp creates the file 0600; reports are for sharing, so it gets the usual 0644."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    """Call write(tmp) on a temporary sibling that is renamed over `path`: a reader never sees half a file."""
+    with atomic_file(path) as tmp:
         write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _save(fig, path: Path) -> None:

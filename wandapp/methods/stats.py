@@ -19,8 +19,9 @@ class ColumnNorm:
         self.ntokens = 0
 
     def add(self, x: torch.Tensor) -> None:
-        t = _tokens(x)
-        self.sq += t.square().sum(0)
+        t = x.reshape(-1, x.shape[-1])
+        # float32 accumulation inside the reduction: no float32 copy of the batch, no fp16 overflow of x^2
+        self.sq += torch.linalg.vector_norm(t, dim=0, dtype=torch.float32).square()
         self.nsamples += x.shape[0] if x.dim() == 3 else 1
         self.ntokens += t.shape[0]
 
