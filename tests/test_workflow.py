@@ -133,3 +133,12 @@ def test_code_change_reruns_only_its_stage(tmp_path, monkeypatch):
     after = {s: cv.stage_code_hash(s) for s in ("prune", "ppl", "report")}
     assert after["report"] != before["report"]
     assert after["prune"] == before["prune"] and after["ppl"] == before["ppl"]
+
+
+def test_schema_accepts_every_prune_hyperparameter():
+    from wandapp.commands.prune import HYPERPARAMETERS
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    method_keys = set(schema["properties"]["methods"]["additionalProperties"]["properties"])
+    flags = {flag.lstrip("-").replace("-", "_") for flag, _, _ in HYPERPARAMETERS}
+    assert flags <= method_keys, flags - method_keys

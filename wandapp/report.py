@@ -247,10 +247,10 @@ def _grouped_bars(ax, sub: pd.DataFrame, value: str, series, colours, fmt="{:.3g
 
 
 def _dense_line(ax, value: float, text: str):
-    """Dashed reference line, labelled with its value at the right end."""
+    """Dashed reference line, labelled with its value just outside the right end (clear of the bar labels)."""
     ax.axhline(value, color="black", linestyle="--", linewidth=1)
-    ax.annotate(text, (1, value), xycoords=("axes fraction", "data"), xytext=(-2, 2), textcoords="offset points",
-                ha="right", va="bottom", fontsize=6.5, bbox=dict(fc="white", ec="none", alpha=0.8, pad=0.3))
+    ax.annotate(text.replace(" ", "\n", 1), (1, value), xycoords=("axes fraction", "data"), xytext=(3, 0),
+                textcoords="offset points", ha="left", va="center", fontsize=6.5, annotation_clip=False)
 
 
 def _fit_limits(ax, log: bool, floor: float | None = None):
@@ -410,7 +410,7 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def _save(fig, path: Path) -> None:
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=200, format=path.suffix[1:]))
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=200, format=path.suffix[1:], bbox_inches="tight"))
 
 
 def write_report(table: pd.DataFrame, output: str | os.PathLike) -> list[Path]:
