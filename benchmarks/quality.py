@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
@@ -21,6 +20,7 @@ from wandapp.masks import SparsityPattern
 from wandapp.methods import build_method
 from wandapp.models import load_model
 from wandapp.prune_report import sparsity_summary
+from wandapp.runinfo import measured
 from wandapp.walker import prune_model
 
 
@@ -88,14 +88,12 @@ def main() -> None:
         if method != "dense":
             pattern = SparsityPattern.parse(sparsity)
             m = build_method(method, pattern, preset, **({"seed": args.seed, **hyper} if method.startswith("wanda++") else hyper))
-            torch.cuda.synchronize(device) if device.type == "cuda" else None
-            torch.cuda.reset_peak_memory_stats(device) if device.type == "cuda" else None
-            t = time.perf_counter()
-            logs = prune_model(model, calib, m, device, offload=False, micro_batch=args.micro_batch)
-            torch.cuda.synchronize(device) if device.type == "cuda" else None
-            row.update(prune_s=round(time.perf_counter() - t, 2), hyperparameters=m.hyperparameters(),
+            with measured(device) as info:
+                logs = prune_model(model, calib, m, device, offload=False, micro_batch=args.micro_batch)
+            gpu_bytes = info["peak_gpu_mem_bytes"]
+            row.update(prune_s=round(info["wall_time_s"], 2), hyperparameters=m.hyperparameters(),
                        sparsity_overall=sparsity_summary(model, pattern)["sparsity_overall"],
-                       peak_gpu_gb=round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None)
+                       peak_gpu_gb=round(gpu_bytes / 2**30, 2) if gpu_bytes is not None else None)
             if logs and logs[0].get("ro_rounds"):
                 row["ro_loss_first_block"] = [r["ro_loss"] for r in logs[0]["ro_rounds"]]
         for split, tokens in texts.items():
