@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from wandapp.report import FIGURES, collect, parse_location
+from wandapp.report import FIGURES, collect, parse_location, write_report
 
 METHODS = ["magnitude", "wanda", "sparsegpt", "wanda++-rgs", "wanda++-ro", "wanda++"]
 
@@ -78,3 +78,29 @@ def test_report_fails_cleanly_without_files(tmp_path):
                         "--output", str(tmp_path / "out")], capture_output=True, text=True)
     assert r.returncode == 2
     assert "results not found" in r.stderr
+
+
+def test_report_reads_the_bench_and_lora_formats_the_commands_write(tmp_path):
+    """bench.json as `wandapp bench` writes it (shape of an H100 run), lora.json as `wandapp lora` writes it."""
+    d = tmp_path / "metrics" / "m" / "wanda" / "2-4"
+    _write(d / "prune.json", {"wall_time_s": 1.0, "sparsity_overall": 0.5, "peak_cpu_rss_bytes": 2**30})
+    _write(d / "bench.json", {
+        "skipped": False,
+        "linear": [{"name": "gate/up_proj", "tokens": 2048, "speedup": 1.31},
+                   {"name": "down_proj", "tokens": 2048, "speedup": 0.93},
+                   {"name": "gate/up_proj", "tokens": 8192, "speedup": 1.42}],
+        "end_to_end": {"prefill_speedup": [{"batch": 1, "prompt_len": 512, "speedup": 0.7},
+                                           {"batch": 1, "prompt_len": 2048, "speedup": 0.85}],
+                       "decode_speedup": [{"batch": 1, "prompt_len": 512, "speedup": 0.999}]}})
+    lora = tmp_path / "metrics" / "m" / "wanda" / "2-4+lora"
+    _write(lora / "lora.json", {"wall_time_s": 9.0, "ppl_before": 40.0, "ppl_after": 30.0,
+                                "sparsity": {"remasked": 0.5}, "mask": {"pruned_weights_nonzero": 0}})
+    table = collect([tmp_path / "metrics"])
+    row = table[(table.method == "wanda") & ~table.lora].iloc[0]
+    assert row.bench_prefill_speedup == 0.85 and row.bench_decode_speedup == 0.999
+    assert row.bench_linear_best_speedup_2048_tokens == 1.31
+    lora_row = table[table.lora].iloc[0]
+    assert (lora_row.lora_ppl_before, lora_row.lora_ppl_after, lora_row.lora_nonzero_pruned) == (40.0, 30.0, 0)
+    written = write_report(table, tmp_path / "reports")
+    assert (tmp_path / "reports" / "speedup.png") in written
+    assert "lora_ppl_after" in (tmp_path / "reports" / "summary.csv").read_text()

@@ -68,12 +68,19 @@ def _task_scores(data: dict) -> dict[str, float]:
 
 
 def _speedups(data: dict) -> dict[str, float]:
-    """Numeric speed-up entries of a bench.json (top level or under "speedups")."""
-    found = {k: v for k, v in data.items() if "speedup" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
-    nested = data.get("speedups")
-    if isinstance(nested, dict):
-        found.update({k: v for k, v in nested.items() if isinstance(v, (int, float))})
-    return {k: float(v) for k, v in found.items()}
+    """Speed-ups of a bench.json as written by `wandapp bench`: end-to-end prefill (longest prompt, batch 1),
+    decode (batch 1), and the best linear shape at 2048 tokens; plus any numeric top-level "*speedup*" key."""
+    found = {k: float(v) for k, v in data.items()
+             if "speedup" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    e2e = data.get("end_to_end") or {}
+    for phase in ("prefill", "decode"):
+        records = [r for r in e2e.get(f"{phase}_speedup", []) if r.get("batch") == 1]
+        if records:
+            found[f"{phase}_speedup"] = float(max(records, key=lambda r: r.get("prompt_len", 0))["speedup"])
+    at_2048 = [r["speedup"] for r in data.get("linear", []) if r.get("tokens") == 2048]
+    if at_2048:
+        found["linear_best_speedup_2048_tokens"] = float(max(at_2048))
+    return found
 
 
 def _row_values(kind: str, data: dict) -> dict:
@@ -99,7 +106,10 @@ def _row_values(kind: str, data: dict) -> dict:
             return {"bench_skipped": str(data.get("reason", "skipped"))}
         return {f"bench_{k}": v for k, v in _speedups(data).items()}
     if kind == "lora":
-        return {"lora_time_s": data.get("wall_time_s")}
+        sparsity = data.get("sparsity") or {}
+        return {"lora_time_s": data.get("wall_time_s"), "lora_ppl_before": data.get("ppl_before"),
+                "lora_ppl_after": data.get("ppl_after"), "lora_sparsity_remasked": sparsity.get("remasked"),
+                "lora_nonzero_pruned": (data.get("mask") or {}).get("pruned_weights_nonzero")}
     log.warning("ignoring unknown metrics file kind %r", kind)
     return {}
 
@@ -131,7 +141,7 @@ def _column_order(columns) -> list[str]:
     ordered = groups + [x for c in ppl for x in (c, f"{c}_rel")]
     ordered += ["acc_mean"] + sorted(c for c in columns if c.startswith("acc_") and c != "acc_mean")
     ordered += ["sparsity_overall", "prune_time_s", "prune_peak_mem_gib", "prune_mem_kind"]
-    ordered += sorted(c for c in columns if c.startswith("bench_")) + ["lora_time_s"]
+    ordered += sorted(c for c in columns if c.startswith("bench_")) + sorted(c for c in columns if c.startswith("lora_"))
     return [c for c in ordered if c in columns] + [c for c in columns if c not in ordered]
 
 
@@ -364,18 +374,20 @@ def figure_speedup(table: pd.DataFrame):
         reasons = table.get("bench_skipped")
         reason = reasons.dropna().iloc[0] if reasons is not None and reasons.notna().any() else "no results"
         return _placeholder(title, f"Speed benchmark not measured:\n{reason}")
-    col = "bench_end_to_end_speedup" if "bench_end_to_end_speedup" in cols else cols[0]
+    preferred = ["bench_prefill_speedup", "bench_decode_speedup", "bench_linear_best_speedup_2048_tokens"]
+    shown = [c for c in preferred if c in cols] or cols[:1]
     models = list(dict.fromkeys(table.model))
-    series = _series(table[table[col].notna()])
+    series = _series(table[table[shown].notna().any(axis=1)])
     colours = _colours(series)
-    fig, axes = _new_figure(1, len(models))
-    for c, model in enumerate(models):
-        ax, sub = axes[0, c], table[(table.model == model) & table[col].notna()]
-        _grouped_bars(ax, sub, col, series, colours, fmt="{:.2f}x")
-        _dense_line(ax, 1.0, "dense = 1")
-        _fit_limits(ax, log=False)
-        ax.set_ylabel(col.removeprefix("bench_").replace("_", " ") + " (x)")
-        ax.set_title(model, fontsize=9)
+    fig, axes = _new_figure(len(models), len(shown))  # one row per model, one panel per speed-up kind
+    for c, col in enumerate(shown):
+        for r, model in enumerate(models):
+            ax, sub = axes[r, c], table[(table.model == model) & table[col].notna()]
+            _grouped_bars(ax, sub, col, series, colours, fmt="{:.2f}x")
+            _dense_line(ax, 1.0, "dense = 1")
+            _fit_limits(ax, log=False)
+            ax.set_ylabel(col.removeprefix("bench_").replace("_", " ") + " (x)")
+            ax.set_title(model, fontsize=9)
     _finish(fig, axes, series, colours, title + " (higher is better)", [_dense_handle()])
     return fig
 
