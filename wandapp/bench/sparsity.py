@@ -1,24 +1,19 @@
-"""2:4 checks and random 2:4 weights for timing (the pruning core's masks live elsewhere)."""
+"""Random 2:4 weights for timing; the 2:4 check and mask are the pruning core's (wandapp.masks)."""
 
 from __future__ import annotations
 
 import torch
 
+from ..masks import apply_mask, follows_nm, nm_mask
+
 
 def is_2of4(weight: torch.Tensor) -> bool:
-    """True when every group of 4 consecutive inputs of each row holds at least 2 zeros."""
-    rows, cols = weight.shape
-    if cols % 4:
-        return False
-    zeros = (weight.reshape(rows, cols // 4, 4) == 0).sum(-1)
-    return bool((zeros >= 2).all())
+    """True when every group of 4 consecutive inputs of each row holds at most 2 non-zeros."""
+    return follows_nm(weight, 2, 4)
 
 
 def random_2of4_(weight: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Fill `weight` in place with N(0, 0.02) values, then zero the 2 smallest |w| of each group of 4 (+0.0)."""
     weight.normal_(0.0, 0.02, generator=generator)
-    rows, cols = weight.shape
-    groups = weight.view(rows, cols // 4, 4)
-    drop = groups.abs().topk(2, dim=-1, largest=False).indices
-    groups.scatter_(-1, drop, 0.0)
+    apply_mask(weight, nm_mask(weight.abs(), 2, 4))
     return weight
