@@ -7,7 +7,14 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "is ignored: it is neither" || true; }
+LOG=.venv/setup.log
+# pip's output (build-backend warnings included) goes to the log; it is shown only when an install fails.
+pip() {
+  echo "+ pip $*" >>"$LOG"
+  .venv/bin/python -m pip --disable-pip-version-check -q "$@" >>"$LOG" 2>&1 \
+    || { tail -n 40 "$LOG" >&2; echo "setup: pip $* failed (full log: $LOG)" >&2; exit 1; }
+}
+echo "setup: installing into .venv (log: $LOG)"
 .venv/bin/python -c "import torch" 2>/dev/null || pip install "$TORCH_SPEC"
 .venv/bin/python -c "import torch" || { echo "setup: torch did not install" >&2; exit 1; }
 pip install -e ".[test]"
