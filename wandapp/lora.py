@@ -19,6 +19,7 @@ from .adapter import DecoderAdapter
 from .errors import WandappError
 from .evaluate.ppl import perplexity
 from .masks import apply_mask, follows_nm
+from .prune_report import overall_sparsity, sparsity_by_linear
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,6 @@ def reapply_masks(model, masks: dict[str, torch.Tensor]) -> None:
             apply_mask(linears[name].weight, mask.to(linears[name].weight.device))
 
 
-def sparsity_by_linear(model) -> dict[str, float]:
-    return {name: round(float((lin.weight == 0).float().mean()), 6)
-            for name, lin in DecoderAdapter.from_model(model).all_linears().items()}
-
-
 def nm_patterns(model) -> dict[str, bool]:
     """Whether every prunable linear follows 2:4 / 4:8 (what sparse kernels need)."""
     linears = DecoderAdapter.from_model(model).all_linears().values()
@@ -73,11 +69,6 @@ def mask_check(model, masks: dict[str, torch.Tensor]) -> dict:
     linears = DecoderAdapter.from_model(model).all_linears()
     nonzero = sum(int((linears[n].weight[m.to(linears[n].weight.device)] != 0).sum()) for n, m in masks.items())
     return {"pruned_weights": sum(int(m.sum()) for m in masks.values()), "pruned_weights_nonzero": nonzero}
-
-
-def overall_sparsity(by_linear: dict[str, float], model) -> float:
-    sizes = {n: lin.weight.numel() for n, lin in DecoderAdapter.from_model(model).all_linears().items()}
-    return round(sum(by_linear[n] * sizes[n] for n in sizes) / sum(sizes.values()), 6)
 
 
 # ---------------------------------------------------------------- data
@@ -191,8 +182,8 @@ def recover(model, tokenizer, documents: list[str], settings: LoraSettings, devi
     first, last = mean_loss(losses)
     report.update(
         train_loss_first=round(first, 5), train_loss_last=round(last, 5), train_losses=losses,
-        sparsity={"before": overall_sparsity(before, merged), "merged": overall_sparsity(after_merge, merged),
-                  "remasked": overall_sparsity(after, merged)},
+        sparsity={stage: round(overall_sparsity(by_linear, merged), 6)
+                  for stage, by_linear in (("before", before), ("merged", after_merge), ("remasked", after))},
         sparsity_by_linear={n: {"before": before[n], "merged": after_merge[n], "remasked": after[n]} for n in before},
         mask={**mask_check(merged, masks), "patterns_before": patterns_before, "patterns_after": nm_patterns(merged)},
     )
