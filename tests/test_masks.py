@@ -29,6 +29,16 @@ def test_nm_mask_keeps_n_per_group(n, m):
     assert follows_nm(w, n, m)
 
 
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (1, 4), (3, 4)])
+def test_nm_mask_equals_a_stable_sort_with_ties(n, m):
+    torch.manual_seed(1)
+    score = torch.round(torch.randn(12, 48) * 2) / 2  # many equal scores: ties go to the lower column
+    groups = score.reshape(12, -1, m)
+    idx = torch.sort(groups, dim=2, stable=True).indices[:, :, : m - n]
+    expected = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, idx, True).reshape(12, 48)
+    assert torch.equal(nm_mask(score, n, m), expected)
+
+
 def test_wanda_mask_equals_brute_force():
     torch.manual_seed(0)
     w, xnorm = torch.randn(6, 8), torch.rand(8)

@@ -10,8 +10,10 @@ from wandapp.adapter import DecoderAdapter
 from wandapp.data import calibration_windows
 from wandapp.errors import UnsupportedModelError, WandappError
 from wandapp.evaluate.ppl import perplexity
-from wandapp.masks import SparsityPattern, follows_nm
+from wandapp.masks import SparsityPattern, apply_mask, follows_nm
 from wandapp.methods import build_method
+from wandapp.methods.stats import ColumnNorm
+from wandapp.methods.wanda import wanda_score
 from wandapp.walker import BlockContext, capture_block_inputs, prune_model
 
 CPU = torch.device("cpu")
@@ -90,6 +92,45 @@ def test_walker_propagates_and_layerwise_ppl_matches(setup):
     assert full == pytest.approx(layerwise, rel=1e-5)
     logs = prune_model(model, ids, build_method("wanda", SparsityPattern.parse("2:4")), CPU)
     assert len(logs) == 2 and perplexity(model, tokens, 64, CPU, max_windows=4)["ppl"] != full
+
+
+def prune_in_order_with_wanda(setup, force_fallback=False, change_forward=False):
+    """Sequential 2:4 Wanda on a copy of block 0 through BlockContext.prune_in_order; the norms each group saw."""
+    _, adapter, _, hidden, kwargs = setup
+    block = copy.deepcopy(adapter.blocks[0])
+    if change_forward:  # a block whose forward is not ln1 -> attention -> ln2 -> MLP with residuals
+        forward = block.forward
+        block.forward = lambda *a, **k: forward(*a, **k) * 2
+    ctx = BlockContext(0, block, adapter.linears(block), hidden, kwargs, CPU)
+    if force_fallback:
+        ctx._stages_ok = False
+    norms = {}
+
+    def prune_group(names, stats):
+        for name in names:
+            norms[name] = stats[name].norm().clone()
+            w = ctx.linears[name].weight
+            apply_mask(w.data, SparsityPattern.parse("2:4").mask(wanda_score(w, norms[name])))
+
+    outputs = ctx.prune_in_order(ColumnNorm, prune_group, outputs=True)
+    return ctx, norms, outputs
+
+
+def test_staged_pass_equals_one_partial_forward_per_group(setup):
+    staged, norms, outputs = prune_in_order_with_wanda(setup)
+    assert staged._stages_ok  # the Llama block splits into checked stages
+    fallback, ref_norms, ref_outputs = prune_in_order_with_wanda(setup, force_fallback=True)
+    for name in ref_norms:
+        torch.testing.assert_close(norms[name], ref_norms[name], rtol=1e-5, atol=1e-6)
+        assert torch.equal(staged.linears[name].weight, fallback.linears[name].weight), name
+    torch.testing.assert_close(outputs, ref_outputs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outputs, staged.outputs(), rtol=1e-5, atol=1e-5)
+
+
+def test_block_with_another_forward_falls_back_to_per_group_passes(setup):
+    ctx, norms, outputs = prune_in_order_with_wanda(setup, change_forward=True)
+    assert ctx._stages_ok is False
+    torch.testing.assert_close(outputs, ctx.outputs())
 
 
 def test_unknown_method_and_hyperparameter():

@@ -76,6 +76,26 @@ class DecoderAdapter:
         return {f"layers.{i}.{n}": lin for i, b in enumerate(self.blocks) for n, lin in self.linears(b).items()}
 
 
+@dataclass
+class BlockParts:
+    """A pre-norm decoder block as its four stages: h = x + attn(ln1(x)); out = h + mlp(ln2(h)).
+
+    Lets the walker run a block stage by stage over all calibration samples (see BlockContext.prune_in_order);
+    the walker checks the staged forward against the block's own forward before trusting it."""
+
+    ln1: nn.Module
+    attn: nn.Module
+    ln2: nn.Module
+    mlp: nn.Module
+
+    @classmethod
+    def of(cls, block: nn.Module) -> "BlockParts | None":
+        names = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+        if all(isinstance(getattr(block, n, None), nn.Module) for n in names):
+            return cls(*(getattr(block, n) for n in names))
+        return None
+
+
 def _has(module: nn.Module, dotted: str) -> bool:
     try:
         module.get_submodule(dotted)

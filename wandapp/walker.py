@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapter import LINEAR_GROUPS, DecoderAdapter
+from .adapter import LINEAR_GROUPS, BlockParts, DecoderAdapter
+from .offload import BlockShuttle
 
 
 class _StopForward(Exception):
@@ -115,6 +116,8 @@ class BlockContext:
     micro_batch: int = 4
     groups: tuple = LINEAR_GROUPS
     log: dict = field(default_factory=dict)  # per-block figures a method wants in the report
+    next_inputs: torch.Tensor | None = None  # set by a method whose last pass already gave the block's outputs
+    _stages_ok: bool | None = field(default=None, repr=False)
 
     @property
     def nsamples(self) -> int:
@@ -134,23 +137,25 @@ class BlockContext:
 
     @torch.no_grad()
     def outputs(self, samples: Sequence[int] | None = None, block: nn.Module | None = None,
-                store: torch.device | None = None) -> torch.Tensor:
-        """Block outputs for the given samples (all by default), stored on `store` (the inputs' device)."""
-        store = store or self.inputs.device
-        chunks = [self.run(x, block).to(store, self.inputs.dtype) for x in self.batches(samples)]
-        return torch.cat(chunks)
+                store: torch.device | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Block outputs for the given samples (all by default), stored on `store` (the inputs' device) in
+        `dtype` (the inputs' dtype)."""
+        store, dtype = store or self.inputs.device, dtype or self.inputs.dtype
+        return torch.cat([self.run(x, block).to(store, dtype) for x in self.batches(samples)])
 
     @torch.no_grad()
     def collect(self, make_stat: Callable[[nn.Linear], Stat], names: Sequence[str],
-                samples: Sequence[int] | None = None) -> dict[str, Stat]:
-        """Feed the inputs of the named linears, over the given samples, into fresh statistics.
+                samples: Sequence[int] | None = None, block: nn.Module | None = None) -> dict[str, Stat]:
+        """Feed the inputs of the named linears of `block` (default: this block), over the given samples, into
+        fresh statistics.
 
         The forward pass stops after the last of the named linears, so statistics for early linears are cheap.
         """
+        block = block or self.block
         # Linears of one group read the same input: one statistic object serves them all.
         shared = {n: next(m for m in group if m in names) for group in self.groups for n in group if n in names}
         hooked = [n for n in names if shared.get(n, n) == n]
-        own = {n: make_stat(self.linears[n]) for n in hooked}
+        own = {n: make_stat(block.get_submodule(n)) for n in hooked}
         stats: dict[str, Stat] = {n: own[shared.get(n, n)] for n in names}
         last = max(hooked, key=list(self.linears).index)
         handles = []
@@ -159,15 +164,106 @@ class BlockContext:
                 own[name].add(args[0])
                 if name == last:
                     raise _StopForward
-            handles.append(self.linears[name].register_forward_pre_hook(hook))
+            handles.append(block.get_submodule(name).register_forward_pre_hook(hook))
         try:
             for x in self.batches(samples):
                 with contextlib.suppress(_StopForward):
-                    self.run(x)
+                    self.run(x, block)
         finally:
             for h in handles:
                 h.remove()
         return stats
+
+    @torch.no_grad()
+    def prune_in_order(self, make_stat: Callable[[nn.Linear], Stat],
+                       prune_group: Callable[[Sequence[str], dict[str, Stat]], None],
+                       block: nn.Module | None = None, outputs: bool = False) -> torch.Tensor | None:
+        """For each linear group in forward order: statistics of its input over all samples, measured on `block`
+        with the earlier groups already pruned, then `prune_group(names, stats)`. With `outputs`, also return
+        the pruned block's outputs for all samples (stored like the inputs).
+
+        A block that splits into checked stages (BlockParts) runs stage by stage over all samples, keeping one or
+        two stages' activations: the whole sequence costs about 0.8 of a forward pass (1.45 with outputs),
+        against 1.36 (2.36) for one partial forward per group, which is the fallback.
+        """
+        block = block or self.block
+        parts = BlockParts.of(block)
+        if parts is not None and tuple(self.groups) == LINEAR_GROUPS and self._stages_match(block, parts):
+            return self._prune_in_stages(block, parts, make_stat, prune_group, outputs)
+        for group in self.groups:
+            prune_group(group, self.collect(make_stat, group, block=block))
+        return self.outputs(block=block) if outputs else None
+
+    def _attention(self, parts: BlockParts, normed: torch.Tensor) -> torch.Tensor:
+        return block_output(parts.attn(hidden_states=normed, **self.kwargs))
+
+    def _staged_forward(self, parts: BlockParts, x: torch.Tensor) -> torch.Tensor:
+        h = x + self._attention(parts, parts.ln1(x))
+        return h + parts.mlp(parts.ln2(h))
+
+    def _stages_match(self, block: nn.Module, parts: BlockParts) -> bool:
+        """Does ln1 -> attention -> residual -> ln2 -> MLP -> residual reproduce the block? Checked on one sample."""
+        if self._stages_ok is None:
+            x = self.inputs[:1].to(self.device).to(self._dtype(block))
+            ref = self.run(x, block).float()
+            staged = self._staged_forward(parts, x).float()
+            self._stages_ok = bool((staged - ref).norm() <= 1e-3 * ref.norm())
+        return self._stages_ok
+
+    def _prune_in_stages(self, block, parts, make_stat, prune_group, outputs):
+        qkv, o, gate_up, down = self.groups
+        dtype, store = self._dtype(block), self.inputs.device
+        linear = block.get_submodule
+        xs = [x.to(dtype) for x in self.batches()]  # views of the stored inputs when they live on the device
+        # 1. q, k, v read ln1(x)
+        normed = [parts.ln1(x).to(store) for x in xs]
+        prune_group(qkv, self._feed(make_stat, qkv, block, normed))
+        # 2. o_proj reads the attention output: run attention up to o_proj and keep its input
+        attn_in = [self._input_of(linear(o[0]), lambda n=n: self._attention(parts, n.to(self.device)))
+                   for n in normed]
+        del normed
+        prune_group(o, self._feed(make_stat, o, block, attn_in))
+        # 3. gate and up read ln2(h), h = x + o_proj(attention output)
+        resid, normed = [], []
+        for x, a in zip(xs, attn_in):
+            h = x + linear(o[0])(a.to(self.device))
+            normed.append(parts.ln2(h).to(store))
+            if outputs:
+                resid.append(h.to(store))
+        del attn_in
+        prune_group(gate_up, self._feed(make_stat, gate_up, block, normed))
+        # 4. down_proj reads act(gate) * up: its statistics stream, nothing is kept
+        stat = make_stat(linear(down[0]))
+        for n in normed:
+            stat.add(self._input_of(linear(down[0]), lambda n=n: parts.mlp(n.to(self.device))))
+        prune_group(down, {name: stat for name in down})
+        if not outputs:
+            return None
+        return torch.cat([(h.to(self.device) + parts.mlp(n.to(self.device))).to(store, self.inputs.dtype)
+                          for h, n in zip(resid, normed)])
+
+    def _feed(self, make_stat, names, block, tensors) -> dict[str, Stat]:
+        stat = make_stat(block.get_submodule(names[0]))
+        for t in tensors:
+            stat.add(t.to(self.device))
+        return {name: stat for name in names}
+
+    @staticmethod
+    def _input_of(linear: nn.Linear, forward: Callable[[], object]) -> torch.Tensor:
+        """The input `linear` receives during `forward()`, which is stopped right there."""
+        seen = {}
+
+        def hook(module, args):
+            seen["x"] = args[0]
+            raise _StopForward
+
+        handle = linear.register_forward_pre_hook(hook)
+        try:
+            with contextlib.suppress(_StopForward):
+                forward()
+        finally:
+            handle.remove()
+        return seen["x"]
 
 
 class PruningMethod(Protocol):
@@ -196,14 +292,16 @@ def walk_blocks(
     adapter = DecoderAdapter.from_model(model)
     store = torch.device(store) if store is not None else device
     hidden, kwargs = capture_block_inputs(model, adapter, input_ids, device, store)
+    shuttle = BlockShuttle(device)
     for i, block in enumerate(tqdm(adapter.blocks, desc=desc, unit="block")):
         home = module_device(block)
-        block.to(device)
+        shuttled = offload and home is not None and home.type == "cpu" and shuttle.pinned
+        shuttle.to_device(block) if shuttled else block.to(device)
         ctx = BlockContext(i, block, adapter.linears(block), hidden, kwargs, device, micro_batch)
         visit(ctx)
-        hidden = ctx.outputs()
+        hidden = ctx.next_inputs if ctx.next_inputs is not None else ctx.outputs()
         if offload:
-            block.to(home)
+            shuttle.home(block) if shuttled else block.to(home)
     return hidden
 
 

@@ -1,7 +1,8 @@
 """Wanda++ (arXiv 2503.04992): regional gradient score (RGS) and regional optimization (RO), block by block.
 
 Per block, following ../shared/reference/method.md (its section-5 readings where the paper is ambiguous):
-  G   = RMS over the N calibration samples of d||f(X_n)||_2 / dW, on the DENSE block, once per block
+  G   = RMS over the N calibration samples of d||f(X_n)||_2 / dW, on the DENSE block, once per block (that pass
+        also keeps the dense outputs as RO's targets)
   S   = (alpha * G + ||X_j||_2) * |W|, compared per output row or per N:M group (Wanda's groups)
   K rounds of: RGS-prune the 7 linears in forward order, each with input norms over all N samples measured on the
   partly pruned block; then RMSprop over M random samples against the dense block's outputs (weights not masked,
@@ -85,36 +86,64 @@ class WandaPlusPlus:
     def prune_block(self, ctx: BlockContext) -> None:
         block, dtype = ctx.block, next(ctx.block.parameters()).dtype
         use_g = self.rgs and self.alpha != 0
+        G = None
         with compute_precision(ctx.device, self.precision):
             if use_g or self.ro:
-                block.float()
-            G = self.regional_gradient(ctx) if use_g else None
+                block.float()  # float32 master weights: RO's small steps would vanish in 16-bit weights
+            if use_g:
+                G, targets = self.regional_gradient(ctx, keep_outputs=self.ro)
+            elif self.ro:
+                targets = ctx.outputs(block=block, dtype=torch.float32)
             if self.ro:
-                self.optimise(ctx, G)
+                self.optimise(ctx, G, targets)
+                del targets
             block.to(dtype)
-            self.rgs_prune(ctx, G)  # final prune: exact sparsity on the weights as stored
+        # Final prune, in the stored dtype (outside autocast): exact sparsity on the weights as saved. Its pass
+        # over all samples also yields the block's outputs, the next block's inputs.
+        ctx.next_inputs = self.rgs_prune(ctx, G, outputs=True)
 
-    def regional_gradient(self, ctx: BlockContext) -> dict[str, torch.Tensor]:
-        """RMS over samples of the per-sample gradient of ||block(X_n)||_2 for each linear weight."""
+    def regional_gradient(self, ctx: BlockContext, keep_outputs: bool = False):
+        """RMS over samples of the per-sample gradient of ||block(X_n)||_2 for each linear weight; with
+        `keep_outputs`, also the dense block's float32 outputs (RO's targets, so no dense copy is needed)."""
         weights = _trainable_linears(ctx)
         acc = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
+        outputs = torch.empty(ctx.inputs.shape, dtype=torch.float32, device=ctx.inputs.device) if keep_outputs else None
         with torch.enable_grad():
-            for x in ctx.batches(size=1):
-                loss = ctx.run(x).float().norm()
-                for a, g in zip(acc, torch.autograd.grad(loss, weights)):
+            for n, x in enumerate(ctx.batches(size=1)):
+                out = ctx.run(x).float()
+                if outputs is not None:
+                    outputs[n] = out[0].detach()
+                for a, g in zip(acc, torch.autograd.grad(out.norm(), weights)):
                     a.addcmul_(g, g)
         ctx.block.requires_grad_(False)
-        return {name: (a / ctx.nsamples).sqrt_() for name, a in zip(ctx.linears, acc)}
+        G = {name: (a / ctx.nsamples).sqrt_() for name, a in zip(ctx.linears, acc)}
+        return G, outputs
 
     @torch.no_grad()
-    def rgs_prune(self, ctx: BlockContext, G: dict[str, torch.Tensor] | None) -> None:
+    def rgs_prune(self, ctx: BlockContext, G: dict[str, torch.Tensor] | None, outputs: bool = False):
         """Prune the linears group by group in forward order; each group's input norms come from the block
-        with the earlier groups already pruned."""
-        for group in ctx.groups:
-            stats = ctx.collect(ColumnNorm, group)
-            for name in group:
+        with the earlier groups already pruned (over all N samples). Returns the block's outputs if asked.
+
+        On CUDA with bf16 precision the statistics run on a bfloat16 copy of the float32 master block (masked
+        alongside it): native bf16 passes instead of re-casting every weight in every call under autocast."""
+        shadow = self._shadow(ctx)
+        measured = shadow or ctx.block
+
+        def prune_group(names, stats):
+            for name in names:
                 w = ctx.linears[name].weight
-                apply_mask(w.data, self.pattern.mask(self.score(w, stats[name], G and G[name])))
+                mask = self.pattern.mask(self.score(w, stats[name], G and G[name]))
+                apply_mask(w.data, mask)
+                if shadow is not None:
+                    apply_mask(shadow.get_submodule(name).weight.data, mask)
+
+        return ctx.prune_in_order(ColumnNorm, prune_group, block=measured, outputs=outputs)
+
+    def _shadow(self, ctx: BlockContext) -> nn.Module | None:
+        master = next(ctx.block.parameters())
+        if ctx.device.type != "cuda" or self.precision != "bf16" or master.dtype != torch.float32:
+            return None
+        return copy.deepcopy(ctx.block).to(torch.bfloat16).requires_grad_(False)
 
     def score(self, w: torch.Tensor, stat: ColumnNorm, g: torch.Tensor | None) -> torch.Tensor:
         xn = stat.norm(self.x_norm).unsqueeze(0)
@@ -124,9 +153,8 @@ class WandaPlusPlus:
             g = g * (xn.mean() / g.mean().clamp_min(1e-30))
         return (self.alpha * g + xn) * w.abs().float()
 
-    def optimise(self, ctx: BlockContext, G) -> None:
-        """K rounds of RGS prune + RMSprop towards the dense block on M random samples."""
-        dense = copy.deepcopy(ctx.block).requires_grad_(False)
+    def optimise(self, ctx: BlockContext, G, targets: torch.Tensor) -> None:
+        """K rounds of RGS prune + RMSprop towards the dense block's outputs (`targets`) on M random samples."""
         weights = _trainable_linears(ctx)
         opt = torch.optim.RMSprop(weights, lr=self.ro_lr)
         rng = torch.Generator().manual_seed(self.seed * 1_000_003 + ctx.index)
@@ -134,16 +162,15 @@ class WandaPlusPlus:
         for _ in range(self.ro_rounds):
             self.rgs_prune(ctx, G)
             samples = torch.randperm(ctx.nsamples, generator=rng)[: self.ro_samples].tolist()
-            with torch.no_grad():
-                targets = torch.cat([ctx.run(x, dense).float() for x in ctx.batches(samples)])
-            entry = {"error_pruned": self._error(ctx, samples, targets)} if self.track_error else {}
-            entry["ro_loss"] = self._rmsprop_round(ctx, opt, samples, targets)
+            round_targets = targets[samples].to(ctx.device)
+            entry = {"error_pruned": self._error(ctx, samples, round_targets)} if self.track_error else {}
+            entry["ro_loss"] = self._rmsprop_round(ctx, opt, samples, round_targets)
             if self.track_error:
-                entry["error_ro"] = self._error(ctx, samples, targets)
+                entry["error_ro"] = self._error(ctx, samples, round_targets)
             rounds.append(entry)
         ctx.block.requires_grad_(False)
         ctx.log["ro_rounds"] = rounds
-        del dense, opt
+        del opt
 
     def _rmsprop_round(self, ctx, opt, samples, targets) -> float:
         total, b = 0.0, self.ro_batch
