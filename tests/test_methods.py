@@ -159,3 +159,12 @@ def test_adapter_walks_other_llama_families(family):
     prune_model(model, ids, build_method("wanda", SparsityPattern.parse("2:4")), CPU)
     for lin in DecoderAdapter.from_model(model).all_linears().values():
         assert follows_nm(lin.weight, 2, 4)
+
+
+def test_loop_norms_over_the_round_samples(setup):
+    ctx, error = prune_first_block(setup, "wanda++", "2:4", **RO, loop_norms="ro")
+    assert all(follows_nm(lin.weight, 2, 4) for lin in ctx.linears.values())
+    _, wanda = prune_first_block(setup, "wanda", "2:4")
+    assert error < wanda
+    with pytest.raises(WandappError, match="loop_norms"):
+        build_method("wanda++", SparsityPattern.parse("2:4"), loop_norms="some")

@@ -177,10 +177,11 @@ class BlockContext:
     @torch.no_grad()
     def prune_in_order(self, make_stat: Callable[[nn.Linear], Stat],
                        prune_group: Callable[[Sequence[str], dict[str, Stat]], None],
-                       block: nn.Module | None = None, outputs: bool = False) -> torch.Tensor | None:
-        """For each linear group in forward order: statistics of its input over all samples, measured on `block`
-        with the earlier groups already pruned, then `prune_group(names, stats)`. With `outputs`, also return
-        the pruned block's outputs for all samples (stored like the inputs).
+                       block: nn.Module | None = None, outputs: bool = False,
+                       samples: Sequence[int] | None = None) -> torch.Tensor | None:
+        """For each linear group in forward order: statistics of its input over the samples (default all),
+        measured on `block` with the earlier groups already pruned, then `prune_group(names, stats)`. With
+        `outputs`, also return the pruned block's outputs for those samples (stored like the inputs).
 
         A block that splits into checked stages (BlockParts) runs stage by stage over all samples, keeping one or
         two stages' activations: the whole sequence costs about 0.8 of a forward pass (1.45 with outputs),
@@ -189,10 +190,10 @@ class BlockContext:
         block = block or self.block
         parts = BlockParts.of(block)
         if parts is not None and tuple(self.groups) == LINEAR_GROUPS and self._stages_match(block, parts):
-            return self._prune_in_stages(block, parts, make_stat, prune_group, outputs)
+            return self._prune_in_stages(block, parts, make_stat, prune_group, outputs, samples)
         for group in self.groups:
-            prune_group(group, self.collect(make_stat, group, block=block))
-        return self.outputs(block=block) if outputs else None
+            prune_group(group, self.collect(make_stat, group, samples, block=block))
+        return self.outputs(samples, block=block) if outputs else None
 
     def _attention(self, parts: BlockParts, normed: torch.Tensor) -> torch.Tensor:
         return block_output(parts.attn(hidden_states=normed, **self.kwargs))
@@ -210,11 +211,11 @@ class BlockContext:
             self._stages_ok = bool((staged - ref).norm() <= 1e-3 * ref.norm())
         return self._stages_ok
 
-    def _prune_in_stages(self, block, parts, make_stat, prune_group, outputs):
+    def _prune_in_stages(self, block, parts, make_stat, prune_group, outputs, samples):
         qkv, o, gate_up, down = self.groups
         dtype, store = self._dtype(block), self.inputs.device
         linear = block.get_submodule
-        xs = [x.to(dtype) for x in self.batches()]  # views of the stored inputs when they live on the device
+        xs = [x.to(dtype) for x in self.batches(samples)]  # views of the stored inputs when they live on the device
         # 1. q, k, v read ln1(x)
         normed = [parts.ln1(x).to(store) for x in xs]
         prune_group(qkv, self._feed(make_stat, qkv, block, normed))

@@ -27,6 +27,7 @@ from .stats import ColumnNorm
 PRECISIONS = ("fp32", "tf32", "bf16")
 X_NORMS = ("l2", "per-sample", "rms")
 G_NORMS = ("none", "mean")
+LOOP_NORMS = ("all", "ro")
 
 
 @contextlib.contextmanager
@@ -62,6 +63,7 @@ class WandaPlusPlus:
     ro_epochs: int = 1  # passes over the M samples per round
     x_norm: str = "l2"  # ||X_j||: 'l2' over all tokens (paper), 'per-sample' (/sqrt N), 'rms' (/sqrt(N*T))
     g_norm: str = "none"  # 'none' (paper) or 'mean': rescale G per linear to the mean of ||X_j||
+    loop_norms: str = "all"  # in-loop RGS norms over 'all' N samples (method.md reading) or the round's 'ro' M
     precision: str = "bf16"  # of the gradient, RO and statistics passes on CUDA; see compute_precision
     seed: int = 0
     track_error: bool = False  # log the dense-vs-sparse block error around each RO round (costs forwards)
@@ -69,7 +71,8 @@ class WandaPlusPlus:
     family: ClassVar[str] = "wanda++"
 
     def __post_init__(self):
-        for key, allowed in (("precision", PRECISIONS), ("x_norm", X_NORMS), ("g_norm", G_NORMS)):
+        for key, allowed in (("precision", PRECISIONS), ("x_norm", X_NORMS), ("g_norm", G_NORMS),
+                             ("loop_norms", LOOP_NORMS)):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
         if min(self.ro_rounds, self.ro_samples, self.ro_batch, self.ro_epochs) < 1 and self.ro:
@@ -120,9 +123,11 @@ class WandaPlusPlus:
         return G, outputs
 
     @torch.no_grad()
-    def rgs_prune(self, ctx: BlockContext, G: dict[str, torch.Tensor] | None, outputs: bool = False):
+    def rgs_prune(self, ctx: BlockContext, G: dict[str, torch.Tensor] | None, outputs: bool = False,
+                  samples: list[int] | None = None):
         """Prune the linears group by group in forward order; each group's input norms come from the block
-        with the earlier groups already pruned (over all N samples). Returns the block's outputs if asked.
+        with the earlier groups already pruned (over all N samples, or `samples`: then rescaled to N samples,
+        so alpha keeps its weight). Returns the block's outputs if asked.
 
         On CUDA with bf16 precision the statistics run on a bfloat16 copy of the float32 master block (masked
         alongside it): native bf16 passes instead of re-casting every weight in every call under autocast."""
@@ -132,12 +137,12 @@ class WandaPlusPlus:
         def prune_group(names, stats):
             for name in names:
                 w = ctx.linears[name].weight
-                mask = self.pattern.mask(self.score(w, stats[name], G and G[name]))
+                mask = self.pattern.mask(self.score(w, stats[name], G and G[name], ctx.nsamples))
                 apply_mask(w.data, mask)
                 if shadow is not None:
                     apply_mask(shadow.get_submodule(name).weight.data, mask)
 
-        return ctx.prune_in_order(ColumnNorm, prune_group, block=measured, outputs=outputs)
+        return ctx.prune_in_order(ColumnNorm, prune_group, block=measured, outputs=outputs, samples=samples)
 
     def _shadow(self, ctx: BlockContext) -> nn.Module | None:
         master = next(ctx.block.parameters())
@@ -145,8 +150,10 @@ class WandaPlusPlus:
             return None
         return copy.deepcopy(ctx.block).to(torch.bfloat16).requires_grad_(False)
 
-    def score(self, w: torch.Tensor, stat: ColumnNorm, g: torch.Tensor | None) -> torch.Tensor:
+    def score(self, w: torch.Tensor, stat: ColumnNorm, g: torch.Tensor | None, nsamples: int) -> torch.Tensor:
         xn = stat.norm(self.x_norm).unsqueeze(0)
+        if self.x_norm == "l2" and stat.nsamples != nsamples:  # norms over a subset, scaled to all N samples
+            xn = xn * (nsamples / stat.nsamples) ** 0.5
         if g is None:
             return w.abs().float() * xn
         if self.g_norm == "mean":
@@ -160,8 +167,8 @@ class WandaPlusPlus:
         rng = torch.Generator().manual_seed(self.seed * 1_000_003 + ctx.index)
         rounds = []
         for _ in range(self.ro_rounds):
-            self.rgs_prune(ctx, G)
             samples = torch.randperm(ctx.nsamples, generator=rng)[: self.ro_samples].tolist()
+            self.rgs_prune(ctx, G, samples=samples if self.loop_norms == "ro" else None)
             round_targets = targets[samples].to(ctx.device)
             entry = {"error_pruned": self._error(ctx, samples, round_targets)} if self.track_error else {}
             entry["ro_loss"] = self._rmsprop_round(ctx, opt, samples, round_targets)
