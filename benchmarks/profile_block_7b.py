@@ -19,6 +19,7 @@ import time
 import torch
 
 from prune_time_7b import random_llama
+from quality import parse_run
 from wandapp.masks import SparsityPattern
 from wandapp.methods import build_method
 from wandapp.offload import BlockShuttle
@@ -68,13 +69,13 @@ def phase_timers(method, totals):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", nargs="+", default=["wanda", "wanda++"])
+    ap.add_argument("--methods", nargs="+", default=["wanda", "wanda++"],
+                    help="METHOD[@SPARSITY[@key=value,...]] as in quality.py")
     ap.add_argument("--sparsity", default="2:4")
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--micro-batch", type=int, default=8)
-    ap.add_argument("--hyper", nargs="*", default=[], help="KEY=VALUE Wanda++ settings, e.g. precision=bf16")
     ap.add_argument("--no-profiler", action="store_true")
     ap.add_argument("--output", default=None)
     args = ap.parse_args()
@@ -90,9 +91,9 @@ def main() -> None:
     say(f"attn_implementation={model.config._attn_implementation} torch={torch.__version__} "
         f"gpu={torch.cuda.get_device_name()}")
     ids = torch.randint(0, 32000, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
-    hyper = {k: type_of(v) for k, v in (h.split("=", 1) for h in args.hyper)}
-    for name in args.methods:
-        method = build_method(name, SparsityPattern.parse(args.sparsity), **(hyper if "++" in name else {}))
+    for run in args.methods:
+        name, sparsity, hyper, preset = parse_run(run)
+        method = build_method(name, SparsityPattern.parse(sparsity or args.sparsity), preset, **hyper)
         totals: dict[str, float] = collections.defaultdict(float)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -101,7 +102,7 @@ def main() -> None:
             prune_model(model, ids, method, device, micro_batch=args.micro_batch)
         torch.cuda.synchronize()
         wall = time.perf_counter() - start
-        say(f"\n== {name} {args.sparsity}: {args.layers} blocks in {wall:.2f} s "
+        say(f"\n== {run}: {args.layers} blocks in {wall:.2f} s "
             f"({wall / args.layers:.2f} s/block incl. capture), peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
         for label, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
             say(f"  {label:32s} {seconds / args.layers:8.3f} s/block")
@@ -117,15 +118,6 @@ def main() -> None:
     if args.output:
         with open(args.output, "w") as f:
             f.write(out.getvalue())
-
-
-def type_of(value: str):
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 32 blocks, hidden 4096, MLP 11008, 128 x 2048 calibration tokens, fp16 weights kept in CPU memory; the walker
 moves one block at a time to the GPU (the default `wandapp prune` mode). Prints one JSON line per method.
+A method may carry settings as in quality.py: METHOD[@SPARSITY[@key=value,...]].
 
-    python benchmarks/prune_time_7b.py --methods wanda wanda++ sparsegpt --output times.jsonl
+    python benchmarks/prune_time_7b.py --methods wanda wanda++ sparsegpt 'wanda++@2:4@loop_norms=ro' --output t.jsonl
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
+from quality import parse_run
 from wandapp.masks import SparsityPattern
 from wandapp.methods import build_method
 from wandapp.walker import prune_model
@@ -52,14 +54,16 @@ def main() -> None:
     if not args.keep_on_device:
         model.to("cpu")
     ids = torch.randint(0, 32000, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
-    for name in args.methods:
-        method = build_method(name, SparsityPattern.parse(args.sparsity))
+    for run in args.methods:
+        name, sparsity, hyper, preset = parse_run(run)
+        sparsity = sparsity or args.sparsity
+        method = build_method(name, SparsityPattern.parse(sparsity), preset, **hyper)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         prune_model(model, ids, method, device, offload=not args.keep_on_device, micro_batch=args.micro_batch)
         torch.cuda.synchronize()
-        row = {"method": name, "sparsity": args.sparsity, "layers": args.layers, "nsamples": args.nsamples,
+        row = {"method": name, "run": run, "sparsity": sparsity, "layers": args.layers, "nsamples": args.nsamples,
                "seqlen": args.seqlen, "prune_s": round(time.perf_counter() - start, 1),
                "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                "keep_on_device": args.keep_on_device, "gpu": torch.cuda.get_device_name(),

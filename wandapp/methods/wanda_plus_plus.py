@@ -22,6 +22,7 @@ from torch import nn
 
 from ..masks import SparsityPattern, apply_mask
 from ..walker import BlockContext
+from .rmsprop import rmsprop
 from .stats import ColumnNorm
 
 PRECISIONS = ("fp32", "tf32", "bf16")
@@ -163,7 +164,7 @@ class WandaPlusPlus:
     def optimise(self, ctx: BlockContext, G, targets: torch.Tensor) -> None:
         """K rounds of RGS prune + RMSprop towards the dense block's outputs (`targets`) on M random samples."""
         weights = _trainable_linears(ctx)
-        opt = torch.optim.RMSprop(weights, lr=self.ro_lr)
+        opt = rmsprop(weights, self.ro_lr)
         rng = torch.Generator().manual_seed(self.seed * 1_000_003 + ctx.index)
         rounds = []
         for _ in range(self.ro_rounds):

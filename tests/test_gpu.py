@@ -1,0 +1,33 @@
+"""Checks that need a CUDA device (skipped elsewhere): run them on the GPU machine with `pytest tests/test_gpu.py`."""
+
+import pytest
+import torch
+
+from wandapp.masks import nm_mask
+from wandapp.methods.rmsprop import FusedRMSprop, triton
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.skipif(triton is None, reason="needs Triton")
+def test_fused_rmsprop_matches_torch():
+    torch.manual_seed(0)
+    shapes = [(256, 384), (1000, 3), (7,)]
+    ours = [torch.nn.Parameter(torch.randn(s, device="cuda")) for s in shapes]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    fused, plain = FusedRMSprop(ours, lr=3e-4), torch.optim.RMSprop(ref, lr=3e-4)
+    for _ in range(20):
+        for a, b in zip(ours, ref):
+            g = torch.randn_like(a)
+            a.grad, b.grad = g.clone(), g.clone()
+        fused.step()
+        plain.step()
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@cuda
+def test_nm_mask_same_on_cuda_and_cpu():
+    score = torch.round(torch.randn(64, 256) * 2) / 2
+    assert torch.equal(nm_mask(score.cuda(), 2, 4).cpu(), nm_mask(score, 2, 4))
