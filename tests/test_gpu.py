@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from wandapp.masks import nm_mask
-from wandapp.methods.rmsprop import FusedRMSprop, triton
+from wandapp.methods.rmsprop import FusedRMSprop, rmsprop, triton
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -25,6 +25,28 @@ def test_fused_rmsprop_matches_torch():
         plain.step()
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@cuda
+@pytest.mark.skipif(triton is None, reason="needs Triton")
+def test_fused_rmsprop_with_bf16_copies_matches_the_mirrored_one():
+    torch.manual_seed(0)
+    masters = [torch.randn(300, 200, device="cuda"), torch.randn(33, device="cuda")]
+    runs = []
+    for fused in (True, False):
+        ps = [m.clone() for m in masters]
+        cs = [p.to(torch.bfloat16).requires_grad_(True) for p in ps]
+        opt = rmsprop(ps, 1e-3, copies=cs, fused=fused)
+        gen = torch.Generator(device="cuda").manual_seed(1)
+        for _ in range(10):
+            for c in cs:
+                c.grad = torch.randn(c.shape, device="cuda", generator=gen).to(torch.bfloat16)
+            opt.step()
+        runs.append((ps, cs))
+    (fused_ps, fused_cs), (plain_ps, _) = runs
+    for p1, c1, p2 in zip(fused_ps, fused_cs, plain_ps):
+        torch.testing.assert_close(p1, p2, rtol=1e-5, atol=1e-6)
+        assert torch.equal(c1, p1.to(torch.bfloat16))
 
 
 @cuda

@@ -168,3 +168,25 @@ def test_loop_norms_over_the_round_samples(setup):
     assert error < wanda
     with pytest.raises(WandappError, match="loop_norms"):
         build_method("wanda++", SparsityPattern.parse("2:4"), loop_norms="some")
+
+
+def test_bf16_compute_copy_path(setup, monkeypatch):
+    """The CUDA bf16 path (a bfloat16 copy computes, float32 masters take RMSprop's steps), forced on the CPU."""
+    from wandapp.methods.wanda_plus_plus import WandaPlusPlus
+
+    copies = []
+
+    def compute_copy(self, ctx):
+        copies.append(copy.deepcopy(ctx.block).to(torch.bfloat16).requires_grad_(False))
+        return copies[-1]
+
+    monkeypatch.setattr(WandaPlusPlus, "compute_copy", compute_copy)
+    ctx, error = prune_first_block(setup, "wanda++", "2:4", **RO)
+    assert copies and all(lin.weight.dtype == torch.float32 for lin in ctx.linears.values())
+    assert all(follows_nm(lin.weight, 2, 4) for lin in ctx.linears.values())
+    # the copy saw the masters' last values: RO moved the copy along with the masters
+    master = ctx.linears["mlp.down_proj"].weight
+    work = copies[-1].get_submodule("mlp.down_proj").weight
+    assert (work.float() - master).abs().max() < 0.05 * master.abs().max()
+    _, wanda = prune_first_block(setup, "wanda", "2:4")
+    assert error < wanda

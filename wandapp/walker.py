@@ -41,6 +41,16 @@ def _to(obj, device):
     return obj
 
 
+def _cast_floats(obj, dtype):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_cast_floats(o, dtype) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _cast_floats(v, dtype) for k, v in obj.items()}
+    return obj
+
+
 def block_output(result) -> torch.Tensor:
     """Decoder blocks return a tensor (transformers 5) or a tuple whose first item is the hidden state (4.x)."""
     return result[0] if isinstance(result, (tuple, list)) else result
@@ -118,6 +128,7 @@ class BlockContext:
     log: dict = field(default_factory=dict)  # per-block figures a method wants in the report
     next_inputs: torch.Tensor | None = None  # set by a method whose last pass already gave the block's outputs
     _stages_ok: bool | None = field(default=None, repr=False)
+    _kwargs_by_dtype: dict = field(default_factory=dict, repr=False)
 
     @property
     def nsamples(self) -> int:
@@ -130,7 +141,15 @@ class BlockContext:
             yield self.inputs[idx[s : s + size]].to(self.device, non_blocking=True)
 
     def run(self, x: torch.Tensor, block: nn.Module | None = None) -> torch.Tensor:
-        return block_output((block or self.block)(x.to(self._dtype(block)), **self.kwargs))
+        dtype = self._dtype(block)
+        return block_output((block or self.block)(x.to(dtype), **self.kwargs_for(dtype)))
+
+    def kwargs_for(self, dtype: torch.dtype) -> dict:
+        """The block's keyword arguments with floating tensors (rotary cos/sin, additive masks) in `dtype`, so a
+        block copy in another dtype (a bf16 compute copy, a float32 master) computes in its own dtype."""
+        if dtype not in self._kwargs_by_dtype:
+            self._kwargs_by_dtype[dtype] = _cast_floats(self.kwargs, dtype)
+        return self._kwargs_by_dtype[dtype]
 
     def _dtype(self, block: nn.Module | None) -> torch.dtype:
         return next((block or self.block).parameters()).dtype
@@ -196,7 +215,7 @@ class BlockContext:
         return self.outputs(samples, block=block) if outputs else None
 
     def _attention(self, parts: BlockParts, normed: torch.Tensor) -> torch.Tensor:
-        return block_output(parts.attn(hidden_states=normed, **self.kwargs))
+        return block_output(parts.attn(hidden_states=normed, **self.kwargs_for(normed.dtype)))
 
     def _staged_forward(self, parts: BlockParts, x: torch.Tensor) -> torch.Tensor:
         h = x + self._attention(parts, parts.ln1(x))
