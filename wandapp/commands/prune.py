@@ -17,7 +17,8 @@ HYPERPARAMETERS = [
     ("--g-norm", str, "Wanda++: G scaling: none (paper, default) or mean (G rescaled to the mean ||X_j||)"),
     ("--loop-norms", str, "Wanda++: in-loop RGS input norms over all N samples (default, method.md's reading) or "
                           "'ro': the round's M RO samples, scaled to N (the authors' code; faster)"),
-    ("--precision", str, "Wanda++ on CUDA: bf16 (autocast, default), tf32 or fp32 for gradient/RO/statistics"),
+    ("--precision", str, "Wanda++ on CUDA: bf16 (default: a bfloat16 copy computes, float32 master weights take "
+                         "RO's steps), bf16-autocast, tf32 or fp32"),
     ("--blocksize", int, "SparseGPT: columns per lazy-update block (default 128)"),
     ("--percdamp", float, "SparseGPT: Hessian damping as a fraction of its mean diagonal (default 0.01)"),
 ]
