@@ -53,3 +53,24 @@ def test_fused_rmsprop_with_bf16_copies_matches_the_mirrored_one():
 def test_nm_mask_same_on_cuda_and_cpu():
     score = torch.round(torch.randn(64, 256) * 2) / 2
     assert torch.equal(nm_mask(score.cuda(), 2, 4).cpu(), nm_mask(score, 2, 4))
+
+
+@cuda
+def test_wanda_plus_plus_on_cuda_offloads_and_keeps_the_pattern():
+    from conftest import build_tiny_llama
+    from wandapp.adapter import DecoderAdapter
+    from wandapp.masks import SparsityPattern, follows_nm
+    from wandapp.methods import build_method
+    from wandapp.walker import prune_model
+
+    model = build_tiny_llama().half()
+    ids = torch.randint(0, 49152, (8, 64), generator=torch.Generator().manual_seed(0))
+    method = build_method("wanda++", SparsityPattern.parse("2:4"), ro_lr=1e-3, ro_samples=4, ro_rounds=2,
+                          track_error=True)
+    logs = prune_model(model, ids, method, torch.device("cuda"))
+    for name, lin in DecoderAdapter.from_model(model).all_linears().items():
+        assert lin.weight.device.type == "cpu" and lin.weight.dtype == torch.float16, name
+        assert follows_nm(lin.weight, 2, 4), name
+    for log in logs:
+        assert log["staged_statistics"]
+        assert all(r["error_ro"] < r["error_pruned"] for r in log["ro_rounds"]), log["ro_rounds"]

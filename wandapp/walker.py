@@ -208,7 +208,9 @@ class BlockContext:
         """
         block = block or self.block
         parts = BlockParts.of(block)
-        if parts is not None and tuple(self.groups) == LINEAR_GROUPS and self._stages_match(block, parts):
+        staged = parts is not None and tuple(self.groups) == LINEAR_GROUPS and self._stages_match(block, parts)
+        self.log["staged_statistics"] = staged
+        if staged:
             return self._prune_in_stages(block, parts, make_stat, prune_group, outputs, samples)
         for group in self.groups:
             prune_group(group, self.collect(make_stat, group, samples, block=block))
