@@ -18,6 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
 from quality import parse_run
+from wandapp.codeversion import stage_code_hash
 from wandapp.masks import SparsityPattern
 from wandapp.methods import build_method
 from wandapp.walker import prune_model
@@ -67,7 +68,8 @@ def main() -> None:
                "seqlen": args.seqlen, "prune_s": round(time.perf_counter() - start, 1),
                "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                "keep_on_device": args.keep_on_device, "gpu": torch.cuda.get_device_name(),
-               "torch": torch.__version__, "hyperparameters": method.hyperparameters()}
+               "torch": torch.__version__, "hyperparameters": method.hyperparameters(),
+               "code": stage_code_hash("prune")}
         print(json.dumps(row), flush=True)
         if args.output:
             with open(args.output, "a") as f:

@@ -14,6 +14,7 @@ import json
 
 import torch
 
+from wandapp.codeversion import stage_code_hash
 from wandapp.data import calibration_windows, data_root, eval_tokens
 from wandapp.evaluate.ppl import perplexity
 from wandapp.masks import SparsityPattern
@@ -84,7 +85,8 @@ def main() -> None:
             hyper = dict(tuned)
         model.load_state_dict(dense_state)
         model.to(device)
-        row = {"run": run, "method": method, "sparsity": sparsity or "dense", "preset": preset, "hyper": hyper}
+        row = {"run": run, "method": method, "sparsity": sparsity or "dense", "preset": preset, "hyper": hyper,
+               "code": stage_code_hash("prune")}  # which version of the pruning code measured it
         if method != "dense":
             pattern = SparsityPattern.parse(sparsity)
             m = build_method(method, pattern, preset, **({"seed": args.seed, **hyper} if method.startswith("wanda++") else hyper))
