@@ -236,23 +236,24 @@ class BlockContext:
         qkv, o, gate_up, down = self.groups
         dtype, store = self._dtype(block), self.inputs.device
         linear = block.get_submodule
-        xs = [x.to(dtype) for x in self.batches(samples)]  # views of the stored inputs when they live on the device
+
+        def inputs():  # converted batch by batch, twice, rather than held as a second copy of all inputs
+            return (x.to(dtype) for x in self.batches(samples))
+
         # 1. q, k, v read ln1(x)
-        normed = [parts.ln1(x).to(store) for x in xs]
+        normed = [parts.ln1(x).to(store) for x in inputs()]
         prune_group(qkv, self._feed(make_stat, qkv, block, normed))
         # 2. o_proj reads the attention output: run attention up to o_proj and keep its input
         attn_in = [self._input_of(linear(o[0]), lambda n=n: self._attention(parts, n.to(self.device)))
-                   for n in normed]
-        del normed
+                   for n in _drain(normed)]
         prune_group(o, self._feed(make_stat, o, block, attn_in))
         # 3. gate and up read ln2(h), h = x + o_proj(attention output)
         resid, normed = [], []
-        for x, a in zip(xs, attn_in):
+        for x, a in zip(inputs(), _drain(attn_in)):
             h = x + linear(o[0])(a.to(self.device))
             normed.append(parts.ln2(h).to(store))
             if outputs:
                 resid.append(h.to(store))
-        del attn_in
         prune_group(gate_up, self._feed(make_stat, gate_up, block, normed))
         # 4. down_proj reads act(gate) * up: its statistics stream, nothing is kept
         stat = make_stat(linear(down[0]))
@@ -286,6 +287,14 @@ class BlockContext:
         finally:
             handle.remove()
         return seen["x"]
+
+
+def _drain(items: list) -> Iterator:
+    """Yield a list's items, dropping each from the list as it goes, so one stage's activations are freed while
+    the next stage's are made (peak: about one stage, not two)."""
+    for i in range(len(items)):
+        item, items[i] = items[i], None
+        yield item
 
 
 class PruningMethod(Protocol):
