@@ -74,3 +74,26 @@ def test_wanda_plus_plus_on_cuda_offloads_and_keeps_the_pattern():
     for log in logs:
         assert log["staged_statistics"]
         assert all(r["error_ro"] < r["error_pruned"] for r in log["ro_rounds"]), log["ro_rounds"]
+
+
+@cuda
+def test_block_shuttle_round_trip_keeps_cpu_tensors_and_values():
+    from torch import nn
+
+    from wandapp.offload import BlockShuttle
+
+    block = nn.Sequential(nn.Linear(33, 17).half(), nn.LayerNorm(17))  # mixed dtypes, odd sizes
+    block.register_buffer("steps", torch.arange(5))
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    storages = {k: v.data_ptr() for k, v in block.state_dict().items()}
+    shuttle = BlockShuttle(torch.device("cuda"))
+    shuttle.to_device(block)
+    assert all(t.is_cuda for t in block.state_dict().values())
+    with torch.no_grad():
+        block[0].weight.mul_(2)
+    shuttle.home(block)
+    after = block.state_dict()
+    assert all(t.device.type == "cpu" for t in after.values())
+    assert {k: v.data_ptr() for k, v in after.items()} == storages  # refilled in place
+    torch.testing.assert_close(after["0.weight"], before["0.weight"] * 2)
+    assert torch.equal(after["1.weight"], before["1.weight"]) and torch.equal(after["steps"], before["steps"])
