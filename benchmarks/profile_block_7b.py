@@ -22,14 +22,15 @@ from prune_time_7b import random_llama
 from quality import parse_run
 from wandapp.masks import SparsityPattern
 from wandapp.methods import build_method
+from wandapp import walker
 from wandapp.offload import BlockShuttle
 from wandapp.walker import BlockContext, prune_model
 
-PHASES = [  # (class or None for the method instance, attribute, label)
+PHASES = [  # (class or module, or None for the method instance; attribute; label)
     (BlockShuttle, "to_device", "block to the GPU"),
     (BlockShuttle, "home", "block back to CPU memory"),
     (BlockContext, "collect", "statistics pass (per group)"),
-    (BlockContext, "_prune_in_stages", "statistics pass (staged)"),
+    (walker, "prune_in_stages", "statistics pass (staged)"),
     (BlockContext, "outputs", "output pass"),
     (None, "regional_gradient", "regional gradient (+ dense targets)"),
     (None, "_rmsprop_round", "RO steps"),

@@ -19,10 +19,8 @@ from tqdm.auto import tqdm
 
 from .adapter import LINEAR_GROUPS, BlockParts, DecoderAdapter
 from .offload import BlockShuttle
-
-
-class _StopForward(Exception):
-    """Raised from a hook to skip the rest of a forward pass."""
+from .staged import StopForward as _StopForward
+from .staged import block_output, prune_in_stages, staged_forward
 
 
 class Stat(Protocol):
@@ -49,11 +47,6 @@ def _cast_floats(obj, dtype):
     if isinstance(obj, dict):
         return {k: _cast_floats(v, dtype) for k, v in obj.items()}
     return obj
-
-
-def block_output(result) -> torch.Tensor:
-    """Decoder blocks return a tensor (transformers 5) or a tuple whose first item is the hidden state (4.x)."""
-    return result[0] if isinstance(result, (tuple, list)) else result
 
 
 def module_device(module: nn.Module) -> torch.device | None:
@@ -154,6 +147,15 @@ class BlockContext:
     def _dtype(self, block: nn.Module | None) -> torch.dtype:
         return next((block or self.block).parameters()).dtype
 
+    def _stages_match(self, block: nn.Module, parts: BlockParts) -> bool:
+        """Does ln1 -> attention -> residual -> ln2 -> MLP -> residual reproduce the block? Checked on one sample."""
+        if self._stages_ok is None:
+            x = self.inputs[:1].to(self.device).to(self._dtype(block))
+            ref = self.run(x, block).float()
+            staged = staged_forward(self, parts, x).float()
+            self._stages_ok = bool((staged - ref).norm() <= 1e-3 * ref.norm())
+        return self._stages_ok
+
     @torch.no_grad()
     def outputs(self, samples: Sequence[int] | None = None, block: nn.Module | None = None,
                 store: torch.device | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -211,91 +213,10 @@ class BlockContext:
         staged = parts is not None and tuple(self.groups) == LINEAR_GROUPS and self._stages_match(block, parts)
         self.log["staged_statistics"] = staged
         if staged:
-            return self._prune_in_stages(block, parts, make_stat, prune_group, outputs, samples)
+            return prune_in_stages(self, block, parts, make_stat, prune_group, outputs, samples)
         for group in self.groups:
             prune_group(group, self.collect(make_stat, group, samples, block=block))
         return self.outputs(samples, block=block) if outputs else None
-
-    def _attention(self, parts: BlockParts, normed: torch.Tensor) -> torch.Tensor:
-        return block_output(parts.attn(hidden_states=normed, **self.kwargs_for(normed.dtype)))
-
-    def _staged_forward(self, parts: BlockParts, x: torch.Tensor) -> torch.Tensor:
-        h = x + self._attention(parts, parts.ln1(x))
-        return h + parts.mlp(parts.ln2(h))
-
-    def _stages_match(self, block: nn.Module, parts: BlockParts) -> bool:
-        """Does ln1 -> attention -> residual -> ln2 -> MLP -> residual reproduce the block? Checked on one sample."""
-        if self._stages_ok is None:
-            x = self.inputs[:1].to(self.device).to(self._dtype(block))
-            ref = self.run(x, block).float()
-            staged = self._staged_forward(parts, x).float()
-            self._stages_ok = bool((staged - ref).norm() <= 1e-3 * ref.norm())
-        return self._stages_ok
-
-    def _prune_in_stages(self, block, parts, make_stat, prune_group, outputs, samples):
-        qkv, o, gate_up, down = self.groups
-        dtype, store = self._dtype(block), self.inputs.device
-        linear = block.get_submodule
-
-        def inputs():  # converted batch by batch, twice, rather than held as a second copy of all inputs
-            return (x.to(dtype) for x in self.batches(samples))
-
-        # 1. q, k, v read ln1(x)
-        normed = [parts.ln1(x).to(store) for x in inputs()]
-        prune_group(qkv, self._feed(make_stat, qkv, block, normed))
-        # 2. o_proj reads the attention output: run attention up to o_proj and keep its input
-        attn_in = [self._input_of(linear(o[0]), lambda n=n: self._attention(parts, n.to(self.device)))
-                   for n in _drain(normed)]
-        prune_group(o, self._feed(make_stat, o, block, attn_in))
-        # 3. gate and up read ln2(h), h = x + o_proj(attention output)
-        resid, normed = [], []
-        for x, a in zip(inputs(), _drain(attn_in)):
-            h = x + linear(o[0])(a.to(self.device))
-            normed.append(parts.ln2(h).to(store))
-            if outputs:
-                resid.append(h.to(store))
-        prune_group(gate_up, self._feed(make_stat, gate_up, block, normed))
-        # 4. down_proj reads act(gate) * up: its statistics stream, nothing is kept
-        stat = make_stat(linear(down[0]))
-        for n in normed:
-            stat.add(self._input_of(linear(down[0]), lambda n=n: parts.mlp(n.to(self.device))))
-        prune_group(down, {name: stat for name in down})
-        if not outputs:
-            return None
-        return torch.cat([(h.to(self.device) + parts.mlp(n.to(self.device))).to(store, self.inputs.dtype)
-                          for h, n in zip(resid, normed)])
-
-    def _feed(self, make_stat, names, block, tensors) -> dict[str, Stat]:
-        stat = make_stat(block.get_submodule(names[0]))
-        for t in tensors:
-            stat.add(t.to(self.device))
-        return {name: stat for name in names}
-
-    @staticmethod
-    def _input_of(linear: nn.Linear, forward: Callable[[], object]) -> torch.Tensor:
-        """The input `linear` receives during `forward()`, which is stopped right there."""
-        seen = {}
-
-        def hook(module, args):
-            seen["x"] = args[0]
-            raise _StopForward
-
-        handle = linear.register_forward_pre_hook(hook)
-        try:
-            with contextlib.suppress(_StopForward):
-                forward()
-        finally:
-            handle.remove()
-        return seen["x"]
-
-
-def _drain(items: list) -> Iterator:
-    """Yield a list's items, dropping each from the list as it goes, so one stage's activations are freed while
-    the next stage's are made (peak: about one stage, not two)."""
-    for i in range(len(items)):
-        item, items[i] = items[i], None
-        yield item
-
 
 class PruningMethod(Protocol):
     name: str
