@@ -18,7 +18,7 @@ class BlockShuttle:
     def __init__(self, device: torch.device):
         self.device = torch.device(device)
         self.staging: torch.Tensor | None = None
-        self.homes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(tensor) -> (tensor, its CPU storage)
+        self.homes: dict[int, torch.Tensor] = {}  # id(parameter or buffer) -> its CPU storage
 
     @property
     def pinned(self) -> bool:
@@ -32,7 +32,7 @@ class BlockShuttle:
         views = self._views(tensors)
         for t, view in zip(tensors, views):
             view.copy_(t.data)
-            self.homes[id(t)] = (t, t.data)
+            self.homes[id(t)] = t.data
             t.data = view.to(self.device, non_blocking=True)
         torch.cuda.current_stream(self.device).synchronize()  # the staging buffer is reused next
 
@@ -46,7 +46,7 @@ class BlockShuttle:
             view.copy_(t.data, non_blocking=True)
         torch.cuda.current_stream(self.device).synchronize()
         for t, view in zip(tensors, views):
-            _, cpu = self.homes.pop(id(t))
+            cpu = self.homes.pop(id(t))
             if cpu.dtype != view.dtype or cpu.shape != view.shape:  # a method changed it: keep what it made
                 cpu = torch.empty_like(view, device="cpu")
             cpu.copy_(view)

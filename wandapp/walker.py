@@ -27,25 +27,15 @@ class Stat(Protocol):
     def add(self, x: torch.Tensor) -> None: ...
 
 
-def _to(obj, device):
+def _map_tensors(obj, fn):
+    """`fn` applied to every tensor inside nested tuples, lists and dicts (a block's keyword arguments)."""
     if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, tuple):
-        return tuple(_to(o, device) for o in obj)
-    if isinstance(obj, list):
-        return [_to(o, device) for o in obj]
+        return fn(obj)
+    if isinstance(obj, (tuple, list)):  # plain tuple/list, as the block takes them
+        mapped = [_map_tensors(o, fn) for o in obj]
+        return tuple(mapped) if isinstance(obj, tuple) else mapped
     if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
-
-
-def _cast_floats(obj, dtype):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(dtype) if obj.is_floating_point() else obj
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_cast_floats(o, dtype) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _cast_floats(v, dtype) for k, v in obj.items()}
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
     return obj
 
 
@@ -103,7 +93,7 @@ def capture_block_inputs(
     for key in ("past_key_value", "past_key_values"):
         if key in kwargs:
             kwargs[key] = None
-    return hidden, _to(kwargs, device)
+    return hidden, _map_tensors(kwargs, lambda t: t.to(device))
 
 
 @dataclass
@@ -141,7 +131,8 @@ class BlockContext:
         """The block's keyword arguments with floating tensors (rotary cos/sin, additive masks) in `dtype`, so a
         block copy in another dtype (a bf16 compute copy, a float32 master) computes in its own dtype."""
         if dtype not in self._kwargs_by_dtype:
-            self._kwargs_by_dtype[dtype] = _cast_floats(self.kwargs, dtype)
+            self._kwargs_by_dtype[dtype] = _map_tensors(
+                self.kwargs, lambda t: t.to(dtype) if t.is_floating_point() else t)
         return self._kwargs_by_dtype[dtype]
 
     def _dtype(self, block: nn.Module | None) -> torch.dtype:
