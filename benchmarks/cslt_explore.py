@@ -99,7 +99,7 @@ def small_e2e(device):
     out = {"dense_prefill_ms": prefill_ms(model, 1, 2048, device),
            "dense_prefill_eager_ms": prefill_ms(model, 1, 2048, device, graph=False),
            "dense_decode_tok_s": decode_tokens_per_s(model, 1, 128, 32, device)}
-    swap_in_sparse_linears(model, lambda o, i: (512, 0))
+    swap_in_sparse_linears(model, lambda o, i: (512, 0, 1, None))
     out["logits_rel_err"] = logits_rel_error(model, ref, ids)
     out["sparse_prefill_ms"] = prefill_ms(model, 1, 2048, device)
     out["sparse_prefill_eager_ms"] = prefill_ms(model, 1, 2048, device, graph=False)

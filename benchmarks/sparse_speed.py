@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from wandapp.bench.cusparselt import DEFAULT_LAYOUTS, parse_layouts
+
 
 def self_check(device) -> None:
     """Cached-plan cuSPARSELt against cuBLAS on random 2:4 weights; eager cost per call after the plan exists."""
@@ -39,10 +41,11 @@ def self_check(device) -> None:
 
 
 def print_tables(result) -> None:
-    print("\n| shape | tokens | dense ms | sparse ms | speedup | alg,splitk | chosen |")
+    print("\n| shape | tokens | dense ms | sparse ms | speedup | layer ms | layer speedup | alg,splitk | layout | chosen |")
     for r in result["linear"]:
         print(f"| {r['name']} {r['out_features']}x{r['in_features']} | {r['tokens']} | {r['dense_ms']:.4f} | "
-              f"{r['sparse_ms']:.4f} | {r['speedup']:.2f} | {r['alg_id']},{r['split_k']} | {r['chosen']} |")
+              f"{r['sparse_ms']:.4f} | {r['speedup']:.2f} | {r['sparse_layer_ms']:.4f} | {r['layer_speedup']:.2f} | "
+              f"{r['alg_id']},{r['split_k']} | {r['layout']} | {r['chosen']} |")
     print("crossover tokens:", result["crossover_tokens"], "tolerance:", result["tolerance"])
     e2e = result.get("end_to_end")
     if e2e:
@@ -65,6 +68,9 @@ def main() -> int:
     ap.add_argument("--self-check", action="store_true")
     ap.add_argument("--no-e2e", action="store_true")
     ap.add_argument("--quick", action="store_true", help="no algorithm tuning, 3 token counts, prefill 1x2048 only")
+    ap.add_argument("--layouts", default=DEFAULT_LAYOUTS,
+                    help="cuSPARSELt layouts the tuner tries: torch, natural, all, or names (default: %(default)s)")
+    ap.add_argument("--tune-budget", type=float, default=180.0, help="seconds of tuning at most")
     args = ap.parse_args()
     device = torch.device("cuda", torch.cuda.current_device())
     if args.self_check:
@@ -78,6 +84,7 @@ def main() -> int:
                  decode_cases=((1, 512),)) if args.quick else {}
     cases = dict(prefill_cases=((1, 512), (1, 2048), (4, 2048)), decode_cases=((1, 512), (16, 512)))
     result = run_bench(model, LLAMA7B_SHAPES, device, **{**cases, **quick}, on_partial=save,
+                       layouts=parse_layouts(args.layouts), tune_budget_s=args.tune_budget,
                        log=lambda m: print(m, file=sys.stderr, flush=True))
     result["model"] = f"LLaMA-7B-shaped, {args.layers} layers, random 2:4 weights, float16"
     save(result)

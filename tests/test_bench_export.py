@@ -107,6 +107,7 @@ def test_policy_from_sweep_records():
     recs = [dict(out_features=8, in_features=4, tokens=t, speedup=s)
             for t, s in ((1, 0.3), (512, 0.9), (2048, 1.3), (8192, 1.5))]
     recs += [dict(out_features=4, in_features=4, tokens=t, speedup=0.8) for t in (1, 8192)]
-    policy, crossover = make_policy(recs, {((8, 4), 2048): (3, 2)})
-    assert policy(8, 4) == (2048, 3, 2)
+    policy, crossover = make_policy(recs, {((8, 4), 2048): (3, 2, "sparseB")})
+    assert policy(8, 4) == (2048, 3, 2, "sparseB")
+    assert policy(4, 4)[1:] == (0, 1, "sparseA+y_t")  # untuned shapes keep torch's layout
     assert policy(4, 4)[0] == NEVER and crossover == {"8x4": 2048, "4x4": None}

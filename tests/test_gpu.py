@@ -97,3 +97,40 @@ def test_block_shuttle_round_trip_keeps_cpu_tensors_and_values():
     assert {k: v.data_ptr() for k, v in after.items()} == storages  # refilled in place
     torch.testing.assert_close(after["0.weight"], before["0.weight"] * 2)
     assert torch.equal(after["1.weight"], before["1.weight"]) and torch.equal(after["steps"], before["steps"])
+
+
+@cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or not torch.backends.cusparselt.is_available(),
+                    reason="needs cuSPARSELt")
+def test_every_cusparselt_layout_it_accepts_computes_x_times_w_transposed():
+    from wandapp.bench.cusparselt import CusparseLt, Layout
+    from wandapp.bench.sparsity import random_2of4_
+
+    lt = CusparseLt(torch.device("cuda"))
+    gen = torch.Generator("cuda").manual_seed(0)
+    w = random_2of4_(torch.empty(256, 128, dtype=torch.float16, device="cuda"), gen)
+    x = torch.randn(48, 128, dtype=torch.float16, device="cuda", generator=gen)
+    ref = torch.nn.functional.linear(x, w).float()
+    accepted = 0
+    for layout in Layout.every():
+        try:
+            y = lt.linear(lt.compress(w, layout), x[:45], 256, layout=layout)  # 45: padded to 48 inside
+        except RuntimeError as e:
+            assert "not supported" in str(e) or "invalid" in str(e), (layout.name(), e)
+            continue
+        accepted += 1
+        assert y.shape == (45, 256)
+        torch.testing.assert_close(y.float(), ref[:45], rtol=2e-3, atol=2e-2, msg=layout.name())
+    assert accepted >= 1
+
+
+@cuda
+def test_tiled_transpose_copy_matches_torch():
+    from wandapp.bench.transpose import contiguous
+
+    gen = torch.Generator("cuda").manual_seed(0)
+    for rows, cols in ((4096, 2048), (100, 333), (48, 45)):
+        stored = torch.randn(cols, rows + 3, dtype=torch.float16, device="cuda", generator=gen)
+        y = stored[:, :rows].t()  # column-major view with a row stride past its width, as a padded product gives
+        out = contiguous(y)
+        assert out.is_contiguous() and torch.equal(out, y.contiguous())

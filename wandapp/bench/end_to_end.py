@@ -12,7 +12,7 @@ from .timing import capture_graph, median_ms_eager, median_ms_graph
 
 
 def swap_in_sparse_linears(model: nn.Module, policy, lt=None) -> dict[str, str]:
-    """Replace each 2:4 prunable linear by a SparseLinear; `policy(out, in) -> (min_sparse_tokens, alg_id, split_k)`.
+    """Replace each 2:4 linear by a SparseLinear; `policy(out, in) -> (min_sparse_tokens, alg_id, split_k, layout)`.
 
     Returns {linear name: 'sparse' | 'dense (not 2:4)'} so the result says which layers were swapped.
     """
@@ -22,10 +22,10 @@ def swap_in_sparse_linears(model: nn.Module, policy, lt=None) -> dict[str, str]:
         if not is_2of4(linear.weight):
             report[name] = "dense (not 2:4)"
             continue
-        min_tokens, alg_id, split_k = policy(linear.out_features, linear.in_features)
+        min_tokens, alg_id, split_k, layout = policy(linear.out_features, linear.in_features)
         parent_name, _, child = name.rpartition(".")
         parent = adapter.base.get_submodule(parent_name)
-        setattr(parent, child, SparseLinear(linear, min_tokens, alg_id, split_k, lt))
+        setattr(parent, child, SparseLinear(linear, min_tokens, alg_id, split_k, lt, layout))
         report[name] = "sparse"
     return report
 

@@ -10,7 +10,10 @@ import torch
 from .end_to_end import (decode_tokens_per_s, logits_rel_error, prefill_ms, random_ids, restore_dense_linears,
                          swap_in_sparse_linears)
 from .linear_sweep import DEFAULT_TOKENS, crossover_tokens, time_shape, tune_algorithms
+from .cusparselt import TORCH_LAYOUT
 from .sparse_linear import NEVER
+
+DEFAULT_CHOICE = (0, 1, TORCH_LAYOUT.name())  # (alg_id, split_k, layout): torch's
 
 SCHEMA_VERSION = 1
 
@@ -40,8 +43,9 @@ def model_shapes(model) -> dict[str, tuple[int, int]]:
     return {n: s for s, n in shapes.items()}
 
 
-def tune(lt, shapes, dtype, device, tune_tokens=(2048, 8192), log=print, budget_s: float = 60.0) -> dict:
-    """Best (alg_id, split_k) per shape and tuned token count; stops tuning after `budget_s` seconds."""
+def tune(lt, shapes, dtype, device, tune_tokens=(2048, 8192), log=print, budget_s: float = 180.0,
+         layouts=None) -> dict:
+    """Best (alg_id, split_k, layout) per shape and tuned token count; stops tuning after `budget_s` seconds."""
     best = {}
     start = time.time()
     for name, shape in shapes.items():
@@ -49,32 +53,33 @@ def tune(lt, shapes, dtype, device, tune_tokens=(2048, 8192), log=print, budget_
             if time.time() - start > budget_s:
                 log(f"tuning budget spent: {name} at {tokens} tokens keeps the default algorithm")
                 continue
-            recs = tune_algorithms(lt, name, shape, tokens, dtype, device)
+            recs = tune_algorithms(lt, name, shape, tokens, dtype, device, layouts=layouts)
             ok = [r for r in recs if "sparse_ms" in r]
             errors = [r["error"] for r in recs if "error" in r]
             if errors:
                 log(f"{len(errors)} of {len(recs)} algorithm settings refused, e.g. {errors[0]}")
-            best[(shape, tokens)] = (ok[0]["alg_id"], ok[0]["split_k"]) if ok else (0, 1)
-            default = [r["sparse_ms"] for r in ok if r["alg_id"] == 0 and r["split_k"] == 1]
-            log(f"tuned {name} {shape} at {tokens} tokens: (alg, split_k) {best[(shape, tokens)]} "
+            best[(shape, tokens)] = (ok[0]["alg_id"], ok[0]["split_k"], ok[0]["layout"]) if ok else DEFAULT_CHOICE
+            default = [r["sparse_ms"] for r in ok if r["alg_id"] == 0 and r["split_k"] == 1
+                       and r["layout"] == TORCH_LAYOUT.name()]
+            log(f"tuned {name} {shape} at {tokens} tokens: (alg, split_k, layout) {best[(shape, tokens)]} "
                 f"{ok[0]['sparse_ms'] if ok else float('nan'):.4f} ms, default {default[0] if default else 'n/a'}")
     return best
 
 
 def alg_chooser(best: dict, shape):
-    """(alg_id, split_k) for a token count: the tuned entry of the nearest tuned token count."""
+    """(alg_id, split_k, layout name) for a token count: the tuned entry of the nearest tuned token count."""
     tuned = sorted(t for (s, t) in best if s == shape)
 
     def choose(tokens: int):
         if not tuned:
-            return 0, 1
+            return DEFAULT_CHOICE
         return best[(shape, min(tuned, key=lambda t: abs(t - tokens)))]
 
     return choose
 
 
 def make_policy(linear_records, best):
-    """policy(out, in) -> (min_sparse_tokens, alg_id, split_k): sparse from the measured crossover up, else dense."""
+    """policy(out, in) -> (min_sparse_tokens, alg_id, split_k, layout): sparse from the measured crossover up."""
     table = {}
     for rec in linear_records:
         table.setdefault((rec["out_features"], rec["in_features"]), []).append(rec)
@@ -82,8 +87,7 @@ def make_policy(linear_records, best):
     def policy(out_f, in_f):
         recs = table.get((out_f, in_f), [])
         cross = crossover_tokens(recs)
-        alg_id, split_k = alg_chooser(best, (out_f, in_f))(max(cross or 1, 2048))
-        return (cross if cross is not None else NEVER), alg_id, split_k
+        return (cross if cross is not None else NEVER), *alg_chooser(best, (out_f, in_f))(max(cross or 1, 2048))
 
     return policy, {f"{o}x{i}": policy(o, i)[0] if policy(o, i)[0] < NEVER else None for (o, i) in table}
 
@@ -130,16 +134,16 @@ def _speedups(rows, key, lower_is_better):
 
 def run_bench(model, shapes, device, dtype=torch.float16, tokens=DEFAULT_TOKENS, prefill_cases=((1, 2048),),
               decode_cases=((1, 512),), decode_steps=64, log=print, on_partial=None,
-              tune_tokens=(2048, 8192)) -> dict:
-    """Everything `wandapp bench` writes, as one JSON-ready dict."""
+              tune_tokens=(2048, 8192), layouts=None, tune_budget_s: float = 180.0) -> dict:
+    """Everything `wandapp bench` writes, as one JSON-ready dict. `layouts`: cuSPARSELt layouts the tuner tries."""
     from .cusparselt import CusparseLt
 
     lt = CusparseLt(device)
     result = dict(schema_version=SCHEMA_VERSION, skipped=False, environment=environment(device),
                   dtype=str(dtype)[6:], timing="CUDA events around CUDA-graph replays, median; warm-up first")
-    best = tune(lt, shapes, dtype, device, tune_tokens, log=log)
-    result["tuned_algorithms"] = [dict(out_features=s[0], in_features=s[1], tokens=t, alg_id=a, split_k=k)
-                                  for (s, t), (a, k) in best.items()]
+    best = tune(lt, shapes, dtype, device, tune_tokens, log=log, budget_s=tune_budget_s, layouts=layouts)
+    result["tuned_algorithms"] = [dict(out_features=s[0], in_features=s[1], tokens=t, alg_id=a, split_k=k, layout=lay)
+                                  for (s, t), (a, k, lay) in best.items()]
     linear = []
     for name, shape in shapes.items():
         linear += time_shape(name, shape, tokens, dtype, device, lt=lt, alg_for=alg_chooser(best, shape))

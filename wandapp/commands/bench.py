@@ -36,6 +36,11 @@ def register(sub) -> None:
     p.add_argument("--batch-sizes", default="1,4", help="prefill and decode batch sizes")
     p.add_argument("--prompt-lengths", default="512,2048", help="prefill prompt lengths")
     p.add_argument("--decode-tokens", type=int, default=64, help="decode steps timed per case")
+    p.add_argument("--layouts", default=None,
+                   help="how the tuner may pose each product to cuSPARSELt: comma-separated layout names (default: "
+                   "the three fastest on an H100, sparseA+y_t,sparseB+y_t,sparseA+y_t+col), 'torch' (torch's own "
+                   "only), 'natural' (the 16 that take activations as they come) or 'all' (32); every algorithm id "
+                   "of each is timed")
     shapes = p.add_mutually_exclusive_group()
     shapes.add_argument("--shapes-from-model", action="store_true", default=True,
                         help="sweep the model's own linear shapes (default)")
@@ -46,9 +51,14 @@ def register(sub) -> None:
 def run(args) -> None:
     import torch
 
+    from ..bench.cusparselt import DEFAULT_LAYOUTS, parse_layouts
     from ..bench.runner import model_shapes, run_bench, skipped_result
     from ..models import load_model, parse_dtype
 
+    try:
+        layouts = parse_layouts(args.layouts or DEFAULT_LAYOUTS)
+    except ValueError as e:
+        raise WandappError(str(e)) from None
     device = torch.device(args.device)
     if device.type != "cuda" or not torch.cuda.is_available():
         write_json(args.output, skipped_result("no CUDA device"))
@@ -69,6 +79,6 @@ def run(args) -> None:
     result = run_bench(model, shapes, device, dtype=dtype, tokens=_ints(args.tokens),
                        prefill_cases=_pairs(args.batch_sizes, args.prompt_lengths),
                        decode_cases=_pairs(args.batch_sizes, "512"), decode_steps=args.decode_tokens,
-                       log=log.info, on_partial=lambda r: write_json(args.output, r))
+                       log=log.info, on_partial=lambda r: write_json(args.output, r), layouts=layouts)
     result["model"] = args.model
     write_json(args.output, result)
