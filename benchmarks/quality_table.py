@@ -11,18 +11,27 @@ from __future__ import annotations
 import json
 import sys
 
+from wandapp.methods import PRESETS
+
+
+def named_preset(row: dict) -> str | None:
+    """The preset whose settings a run used exactly (its preset plus its explicit changes), else None."""
+    used = {**PRESETS.get(row.get("preset", "paper"), {}), **row["hyper"]}
+    return next((name for name, values in PRESETS.items() if values == used), None)
+
 
 def main(paths: list[str]) -> None:
     rows = []
     for number, path in enumerate(paths, 1):
         rows += [dict(json.loads(line), file=number) for line in open(path) if line.strip()]
     cells: dict[tuple[str, str], dict] = {}
-    tuned = {"ro_lr": 0.0003}  # wandapp.methods.PRESETS["tuned"]
     for r in rows:
-        if r["hyper"] in ({}, tuned):  # other settings are sweep points: second table
-            cells[(r["method"] + (" (tuned)" if r["hyper"] else ""), r["sparsity"])] = r
+        preset = named_preset(r)
+        if preset is not None:  # other settings are sweep points: second table
+            cells[(r["method"] + (f" ({preset})" if preset != "paper" else ""), r["sparsity"])] = r
     sparsities = ["0.5", "2:4", "4:8"]
-    labels = ["dense", "magnitude", "wanda", "sparsegpt", "wanda++-rgs", "wanda++-ro", "wanda++", "wanda++ (tuned)"]
+    labels = ["dense", "magnitude", "wanda", "sparsegpt", "wanda++-rgs", "wanda++-ro", "wanda++",
+              *[f"wanda++ ({name})" for name in PRESETS if name != "paper"]]
 
     def mark(r):
         return f" [{r['file']}]" if r["file"] > 1 else ""

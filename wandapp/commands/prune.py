@@ -39,8 +39,9 @@ def register(sub) -> None:
                         "(keep N of every M consecutive inputs)")
     add_calibration_options(p)
     p.add_argument("--preset", default="paper", choices=list(PRESETS),
-                   help="Wanda++ hyperparameter set: paper (the paper's defaults) or tuned (chosen on WikiText-2 "
-                        "validation for SmolLM2; see README); explicit options override it")
+                   help="Wanda++ hyperparameter set: paper (the paper's defaults), tuned (RO lr 3e-4, chosen on "
+                        "WikiText-2 validation for SmolLM2) or tuned-long (tuned with RO on all 128 calibration "
+                        "samples per round: better, about 1.7x slower; see README); explicit options override it")
     for flag, typ, text in HYPERPARAMETERS:
         p.add_argument(flag, type=typ, default=None, help=text)
     p.add_argument("--track-error", action="store_true",
