@@ -3,10 +3,10 @@
 cuSPARSELt picks its kernel from how the product is described: which operand is the 2:4 matrix (A or B),
 which tensors lie transposed in memory, row- or column-major descriptions of the same bytes, and an
 algorithm id. torch uses one of these (sparse A, output (out, tokens)); this script times all 32 layouts
-(`wandapp.bench.cusparselt.Layout`), then every algorithm id of the best few, then cuSPARSELt's own search.
+(`wandapp.bench.cusparselt.Layout`), then every algorithm id of the best few.
 Every product is checked against F.linear; every time is a CUDA-graph replay median, dense F.linear beside it.
 
-    PYTHONPATH=. python benchmarks/cslt_layouts.py --out DIR [--sections layouts,algs,search] [--top 3]
+    PYTHONPATH=. python benchmarks/cslt_layouts.py --out DIR [--sections layouts,algs] [--top 3]
 
 Writes DIR/cslt_layouts.json after each section and prints short tables.
 """
@@ -128,32 +128,10 @@ def algs_section(bench, layouts, tokens_list=(2048, 8192), budget_s=240.0) -> li
     return recs
 
 
-def search_section(bench, layouts, tokens_list=(2048, 8192)) -> list[dict]:
-    recs = []
-    for name in layouts:
-        layout = Layout.parse(name)
-        for shape_name, shape in SHAPES.items():
-            for tokens in tokens_list:
-                w, x = bench.operands(shape, tokens)
-                try:
-                    compressed = bench.lt.compress(w, layout)
-                    x_stored = x.t().contiguous() if layout.x_t else x
-                    alg_id, split_k = bench.lt.search(compressed, x_stored, shape[0], shape[1], tokens, layout)
-                except RuntimeError as e:
-                    recs.append(dict(layout=name, name=shape_name, tokens=tokens, error=str(e)[:100]))
-                    print(recs[-1], flush=True)
-                    continue
-                rec = bench.sparse(layout, shape, tokens, alg_id, split_k)
-                rec.update(name=shape_name, searched=True)
-                recs.append(rec)
-                print(json.dumps(rec), flush=True)
-    return recs
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=".")
-    ap.add_argument("--sections", default="layouts,algs,search")
+    ap.add_argument("--sections", default="layouts,algs")
     ap.add_argument("--top", type=int, default=3, help="layouts carried from the layout table into the later sections")
     ap.add_argument("--layouts", default=None, help="comma-separated layout names for the later sections instead")
     args = ap.parse_args()
@@ -175,8 +153,6 @@ def main():
                 print("carried on:", chosen)
             elif section == "algs":
                 results[section] = algs_section(bench, chosen or [Layout().name()])
-            elif section == "search":
-                results[section] = search_section(bench, chosen or [Layout().name()])
             else:
                 raise ValueError(section)
         except Exception:  # keep the other sections' numbers

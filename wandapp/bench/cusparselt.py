@@ -194,20 +194,6 @@ class CusparseLt:
     def max_alg_id(self, out_f: int, in_f: int, tokens: int, dtype: torch.dtype, layout: Layout = TORCH_LAYOUT) -> int:
         return self.plan(out_f, in_f, tokens, dtype, layout=layout).max_alg_id
 
-    def search(self, compressed: torch.Tensor, x_stored: torch.Tensor, out_f: int, in_f: int, tokens: int,
-               layout: Layout = TORCH_LAYOUT) -> tuple[int, int]:
-        """cuSPARSELt's own search (cusparseLtMatmulSearch) for one product: the (alg_id, split_k) it picks."""
-        plan = _Plan(self, out_f, in_f, tokens, x_stored.dtype, 0, 1, layout)
-        out = plan.empty_output(x_stored.device)
-        a, b = plan.operands(compressed, x_stored)
-        stream = ctypes.c_void_p(torch.cuda.current_stream(x_stored.device).cuda_stream)
-        self._check(self.lib.cusparseLtMatmulSearch(
-            self.handle.ptr, plan.plan.ptr, ctypes.byref(plan.alpha), a, b, ctypes.byref(plan.beta),
-            ctypes.c_void_p(out.data_ptr()), ctypes.c_void_p(out.data_ptr()),
-            ctypes.c_void_p(plan.workspace.data_ptr()), ctypes.byref(stream), ctypes.c_int32(1)), "MatmulSearch")
-        torch.cuda.current_stream(x_stored.device).synchronize()
-        return plan.alg_attribute(_ALG_CONFIG_ID), plan.alg_attribute(_SPLIT_K)
-
 
 class _Plan:
     def __init__(self, lt: CusparseLt, out_f, in_f, tokens, dtype, alg_id, split_k, layout: Layout):
