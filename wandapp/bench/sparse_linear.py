@@ -28,7 +28,7 @@ def cusparselt_available(device: torch.device) -> bool:
 
 
 class SparseLinear(nn.Module):
-    """Drop-in for nn.Linear with a 2:4 weight. `alg_id` is cuSPARSELt's algorithm, found once by a search."""
+    """Drop-in for nn.Linear with a 2:4 weight. `alg_id` and `layout` (cuSPARSELt's) come from the tuner."""
 
     def __init__(self, linear: nn.Linear, min_sparse_tokens: int = NEVER, alg_id: int = 0, split_k: int = 1,
                  lt=None, layout: str | None = None):
