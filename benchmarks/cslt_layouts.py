@@ -3,10 +3,11 @@
 cuSPARSELt picks its kernel from how the product is described: which operand is the 2:4 matrix (A or B),
 which tensors lie transposed in memory, row- or column-major descriptions of the same bytes, and an
 algorithm id. torch uses one of these (sparse A, output (out, tokens)); this script times all 32 layouts
-(`wandapp.bench.cusparselt.Layout`), then every algorithm id of the best few.
+(`wandapp.bench.cusparselt.Layout`), then every algorithm id of the best few; `mlp` times a
+whole MLP run per linear against one run in the transposed (features, tokens) layout.
 Every product is checked against F.linear; every time is a CUDA-graph replay median, dense F.linear beside it.
 
-    PYTHONPATH=. python benchmarks/cslt_layouts.py --out DIR [--sections layouts,algs] [--top 3]
+    PYTHONPATH=. python benchmarks/cslt_layouts.py --out DIR [--sections layouts,algs,mlp] [--top 3]
 
 Writes DIR/cslt_layouts.json after each section and prints short tables.
 """
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from wandapp.bench.cusparselt import CusparseLt, Layout
 from wandapp.bench.linear_sweep import LLAMA7B_SHAPES, make_operands, rel_error
 from wandapp.bench.timing import median_ms_graph
+from wandapp.bench.transpose import contiguous
 
 SHAPES = {**LLAMA7B_SHAPES, "qkv_fused": (12288, 4096), "gate_up_fused": (22016, 4096)}
 
@@ -128,6 +130,63 @@ def algs_section(bench, layouts, tokens_list=(2048, 8192), budget_s=240.0) -> li
     return recs
 
 
+def fastest_alg(bench, layout, shape, tokens) -> dict:
+    """The fastest algorithm id of one product (kernel only)."""
+    last = bench.lt.max_alg_id(shape[0], shape[1], tokens, bench.dtype, layout)
+    recs = [bench.sparse(layout, shape, tokens, alg_id) for alg_id in range(last + 1)]
+    return min((r for r in recs if "error" not in r), key=lambda r: r["sparse_ms"])
+
+
+def mlp_section(bench, tokens_list=(2048, 8192)) -> list[dict]:
+    """A whole LLaMA-7B MLP, dense against two sparse ways of running it.
+
+    per-linear: three products as SparseLinear runs them (each output copied back to (tokens, out)).
+    transposed: gate and up as one (22016, in) product into (features, tokens); SiLU-mul in that layout gives
+    h^T, which down_proj takes as stored x^T; one copy back at the end (no copy between the products).
+    """
+    hidden, inter = 4096, 11008
+    gen = torch.Generator(bench.device).manual_seed(7)
+    w_gate, w_up, w_down = (make_operands(shape, 1, bench.dtype, bench.device, gen)[0]
+                            for shape in ((inter, hidden), (inter, hidden), (hidden, inter)))
+    w_gate_up = torch.cat([w_gate, w_up])
+    plain, fused_l, down_t = Layout(), Layout(), Layout(x_t=True)
+    lt, recs = bench.lt, []
+    for tokens in tokens_list:
+        x = torch.randn(tokens, hidden, dtype=bench.dtype, device=bench.device, generator=gen)
+
+        def dense():
+            return F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
+
+        algs = {name: fastest_alg(bench, lay, shape, tokens)["alg_id"] for name, lay, shape in (
+            ("gate_up", fused_l, (2 * inter, hidden)), ("gate", plain, (inter, hidden)),
+            ("down_t", down_t, (hidden, inter)), ("down", plain, (hidden, inter)))}
+        c = {"gate": lt.compress(w_gate), "up": lt.compress(w_up), "down": lt.compress(w_down),
+             "gate_up": lt.compress(w_gate_up, fused_l), "down_t": lt.compress(w_down, down_t)}
+
+        def per_linear():
+            g = contiguous(lt.linear(c["gate"], x, inter, algs["gate"]))
+            u = contiguous(lt.linear(c["up"], x, inter, algs["gate"]))
+            return contiguous(lt.linear(c["down"], F.silu(g) * u, hidden, algs["down"]))
+
+        gu_plan = lt.plan(2 * inter, hidden, tokens, bench.dtype, algs["gate_up"], 1, fused_l)
+        down_plan = lt.plan(hidden, inter, tokens, bench.dtype, algs["down_t"], 1, down_t)
+
+        def transposed():
+            gu = gu_plan.run(c["gate_up"], x)  # (2 * inter, tokens)
+            h_t = F.silu(gu[:inter]) * gu[inter:]  # (inter, tokens): down_proj's input, stored transposed
+            return contiguous(down_plan.run(c["down_t"], h_t).t())
+
+        ref = dense()
+        rec = dict(tokens=tokens, algs=algs, dense_ms=median_ms_graph(dense, bench.device))
+        for name, fn in (("per_linear", per_linear), ("transposed", transposed)):
+            rec[f"{name}_rel_err"] = rel_error(fn(), ref)
+            rec[f"{name}_ms"] = median_ms_graph(fn, bench.device)
+            rec[f"{name}_speedup"] = rec["dense_ms"] / rec[f"{name}_ms"]
+        recs.append(rec)
+        print(json.dumps(rec), flush=True)
+    return recs
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=".")
@@ -151,6 +210,8 @@ def main():
                 results[section] = layouts_section(bench)
                 chosen = chosen or best_layouts(results[section], args.top)
                 print("carried on:", chosen)
+            elif section == "mlp":
+                results[section] = mlp_section(bench)
             elif section == "algs":
                 results[section] = algs_section(bench, chosen or [Layout().name()])
             else:
