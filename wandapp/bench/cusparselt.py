@@ -27,6 +27,7 @@ _SPARSITY_50 = 0
 _ALG_CONFIG_ID, _ALG_CONFIG_MAX_ID, _SPLIT_K = 0, 1, 3
 _DTYPES = {torch.float16: _R_16F, torch.bfloat16: _R_16BF}
 _ORDER_COL = 1
+_FLAGS = ("weight_t", "x_t", "y_t", "col")  # Layout's boolean fields, in name order
 
 
 @dataclass(frozen=True)
@@ -55,12 +56,12 @@ class Layout:
     @staticmethod
     def parse(text: str) -> "Layout":
         head, *flags = text.split("+")
-        if not head.startswith("sparse") or set(flags) - set(_FLAGS):
+        if head not in ("sparseA", "sparseB") or set(flags) - set(_FLAGS):
             raise ValueError(f"not a layout name: {text!r}")
         return Layout(sparse=head.removeprefix("sparse"), **{f: f in flags for f in _FLAGS})
 
 
-_FLAGS = ("weight_t", "x_t", "y_t", "col")
+
 def descriptors(layout: Layout, out_f: int, in_f: int, tokens: int):
     """(A, B, C) as (rows, cols, ld, order, op) for cuSPARSELt's D = op(A) @ op(B) computing y = x @ W^T."""
     if layout.sparse == "A":  # y^T (out, tokens) = W (out, in) @ x^T (in, tokens)
@@ -94,12 +95,9 @@ def parse_layouts(text: str) -> list[Layout]:
     if text == "natural":
         return [layout for layout in Layout.every() if not layout.x_t]
     try:
-        layouts = [Layout.parse(name) for name in text.split(",") if name]
-        for layout in layouts:
-            descriptors(layout, 16, 16, 16)
-    except (TypeError, ValueError):
+        return [Layout.parse(name) for name in text.split(",") if name]
+    except ValueError:
         raise ValueError(f"unknown cuSPARSELt layout list {text!r} (torch, natural, or names like sparseA+y_t)") from None
-    return layouts
 
 
 def _operand(rows: int, cols: int, stored_t: bool, col: bool):
@@ -204,14 +202,12 @@ class _Plan:
         self.matmul, self.alg, self.plan = _Opaque(), _Opaque(), _Opaque()
         i64, u32 = ctypes.c_int64, ctypes.c_uint32
         a, b, c = descriptors(layout, out_f, in_f, tokens)
-        sparse_desc, dense_desc = ((self.a, a), (self.b, b)) if layout.sparse == "A" else ((self.b, b), (self.a, a))
-        (sd, (r, cl, ld, order, _)), (dd, (r2, c2, ld2, order2, _)) = sparse_desc, dense_desc
-        lt._check(lib.cusparseLtStructuredDescriptorInit(h, sd.ptr, i64(r), i64(cl), i64(ld), u32(16), value, order,
-                                                         _SPARSITY_50), "StructuredDescriptorInit")
-        lt._check(lib.cusparseLtDenseDescriptorInit(h, dd.ptr, i64(r2), i64(c2), i64(ld2), u32(16), value, order2),
-                  "DenseDescriptorInit")
-        lt._check(lib.cusparseLtDenseDescriptorInit(h, self.c.ptr, i64(c[0]), i64(c[1]), i64(c[2]), u32(16), value,
-                                                    c[3]), "DenseDescriptorInit(C)")
+        for opaque, (rows, cols, ld, order, _), role in ((self.a, a, "A"), (self.b, b, "B"), (self.c, c, "C")):
+            shape = (h, opaque.ptr, i64(rows), i64(cols), i64(ld), u32(16), value, order)
+            if role == layout.sparse:
+                lt._check(lib.cusparseLtStructuredDescriptorInit(*shape, _SPARSITY_50), f"StructuredDescriptorInit({role})")
+            else:
+                lt._check(lib.cusparseLtDenseDescriptorInit(*shape), f"DenseDescriptorInit({role})")
         lt._check(lib.cusparseLtMatmulDescriptorInit(h, self.matmul.ptr, a[4], b[4], self.a.ptr, self.b.ptr,
                                                      self.c.ptr, self.c.ptr, _COMPUTE_32F), "MatmulDescriptorInit")
         lt._check(lib.cusparseLtMatmulAlgSelectionInit(h, self.alg.ptr, self.matmul.ptr, 0), "AlgSelectionInit")
@@ -233,18 +229,12 @@ class _Plan:
                        f"AlgGetAttribute({attr})")
         return v.value
 
-    def empty_output(self, device) -> torch.Tensor:
-        shape = (self.out_f, self.tokens) if self.layout.y_t else (self.tokens, self.out_f)
-        return torch.empty(shape, dtype=self.dtype, device=device)
-
-    def operands(self, compressed: torch.Tensor, x_stored: torch.Tensor):
-        w, x = ctypes.c_void_p(compressed.data_ptr()), ctypes.c_void_p(x_stored.data_ptr())
-        return (w, x) if self.layout.sparse == "A" else (x, w)
-
     def run(self, compressed: torch.Tensor, x_stored: torch.Tensor) -> torch.Tensor:
         """x as stored ((tokens, in), or (in, tokens) with x_t) -> y as stored ((tokens, out), or (out, tokens))."""
-        out = self.empty_output(x_stored.device)
-        a, b = self.operands(compressed, x_stored)
+        shape = (self.out_f, self.tokens) if self.layout.y_t else (self.tokens, self.out_f)
+        out = torch.empty(shape, dtype=self.dtype, device=x_stored.device)
+        w, x = ctypes.c_void_p(compressed.data_ptr()), ctypes.c_void_p(x_stored.data_ptr())
+        a, b = (w, x) if self.layout.sparse == "A" else (x, w)
         stream = ctypes.c_void_p(torch.cuda.current_stream(x_stored.device).cuda_stream)
         self.lt._check(self.lt.lib.cusparseLtMatmul(
             self.lt.handle.ptr, self.plan.ptr, ctypes.byref(self.alpha), a, b, ctypes.byref(self.beta),
