@@ -41,7 +41,7 @@ class DecoderAdapter:
         adapter = cls(model, base)
         for name in LINEAR_NAMES:
             module = adapter.blocks[0].get_submodule(name) if _has(adapter.blocks[0], name) else None
-            if not isinstance(module, nn.Linear):
+            if not _is_linear(module):
                 raise UnsupportedModelError(
                     f"unsupported model family {family!r} ({type(model).__name__}): decoder block has no "
                     f"linear {name}; supported: {SUPPORTED_FAMILIES}"
@@ -72,6 +72,15 @@ class DecoderAdapter:
         """The prunable linears of one block, in forward order."""
         return {name: block.get_submodule(name) for name in LINEAR_NAMES}
 
+    mlp_linear_names = tuple(n for n in LINEAR_NAMES if n.startswith("mlp."))
+
+    def mlp(self, block: nn.Module) -> nn.Module:
+        """The block's MLP: the module holding the mlp.* linears."""
+        return block.get_submodule("mlp")
+
+    def set_mlp(self, block: nn.Module, module: nn.Module) -> None:
+        block.mlp = module
+
     def all_linears(self) -> dict[str, nn.Linear]:
         return {f"layers.{i}.{n}": lin for i, b in enumerate(self.blocks) for n, lin in self.linears(b).items()}
 
@@ -94,6 +103,12 @@ class BlockParts:
         if all(isinstance(getattr(block, n, None), nn.Module) for n in names):
             return cls(*(getattr(block, n) for n in names))
         return None
+
+
+def _is_linear(module) -> bool:
+    """nn.Linear, or a drop-in for one holding its weight (such as the benchmark's SparseLinear)."""
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.Module) and isinstance(
+        getattr(module, "weight", None), nn.Parameter) and hasattr(module, "in_features"))
 
 
 def _has(module: nn.Module, dotted: str) -> bool:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cslt_ops  # noqa: F401  (registers torch.ops.wandapp.cslt_mm)
 from .cusparselt import TORCH_LAYOUT, Layout
 from .sparsity import is_2of4
 from .transpose import contiguous
@@ -27,11 +28,38 @@ def cusparselt_available(device: torch.device) -> bool:
     return device.type == "cuda" and torch.backends.cusparselt.is_available()
 
 
+def token_major(y: torch.Tensor) -> torch.Tensor:
+    """(tokens, out) values from a product's output, copied to contiguous memory when run eagerly.
+
+    Eagerly, a transposed (strided) output made the following elementwise ops and attention so slow that a
+    LLaMA-7B-shaped prefill at 2048 tokens ran 2.6x slower than dense (measured), and torch's own copy of the
+    view cost more than the sparse product saved, hence the tiled copy. Under torch.compile the view is
+    returned: inductor reads it transposed inside the next fused kernel, so no separate copy runs.
+    """
+    return y.contiguous() if torch.compiler.is_compiling() else contiguous(y)
+
+
+def sparse_product(compressed, x2: torch.Tensor, out_features: int, alg_id: int, split_k: int,
+                   layout: Layout) -> torch.Tensor:
+    """x2 (tokens, in) -> y (tokens, out), possibly a transposed view; pads the tokens to cuSPARSELt's 16."""
+    tokens = x2.shape[0]
+    pad = -tokens % 16
+    if pad:
+        x2 = F.pad(x2, (0, 0, 0, pad))
+    stored = x2.t().contiguous() if layout.x_t else x2.contiguous()
+    y = torch.ops.wandapp.cslt_mm(compressed, stored, out_features, alg_id, split_k, layout.name())
+    y = y.t() if layout.y_t else y
+    return y[:tokens] if pad else y
+
+
 class SparseLinear(nn.Module):
-    """Drop-in for nn.Linear with a 2:4 weight. `alg_id` and `layout` (cuSPARSELt's) come from the tuner."""
+    """Drop-in for nn.Linear with a 2:4 weight. `alg_id` and `layout` (cuSPARSELt's) come from the tuner.
+
+    reference: use the op's CPU reference kernel (a plain matmul) instead of cuSPARSELt; for tests only.
+    """
 
     def __init__(self, linear: nn.Linear, min_sparse_tokens: int = NEVER, alg_id: int = 0, split_k: int = 1,
-                 lt=None, layout: str | None = None):
+                 layout: str | None = None, reference: bool = False):
         super().__init__()
         weight = linear.weight.detach()
         if not is_2of4(weight):
@@ -41,13 +69,12 @@ class SparseLinear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
         self.min_sparse_tokens = min_sparse_tokens
         self.alg_id, self.split_k = alg_id, split_k
-        self.lt = lt  # a CusparseLt context with cached plans; None: torch._cslt_sparse_mm (plan built per call)
-        # How the product is posed to cuSPARSELt (a cusparselt.Layout name; with lt only), from the tuner.
-        self.layout = None if layout is None or lt is None else Layout.parse(layout)
-        self.compressed = None
-        if cusparselt_available(weight.device) and min_sparse_tokens < NEVER:
-            self.compressed = lt.compress(weight, self.layout or TORCH_LAYOUT) if lt else \
-                torch._cslt_compress(weight.contiguous())
+        self.layout = Layout.parse(layout) if layout else TORCH_LAYOUT  # how the product is posed to cuSPARSELt
+        compressed = None
+        if (reference or cusparselt_available(weight.device)) and min_sparse_tokens < NEVER:
+            compressed = cslt_ops.compress(weight, self.layout, reference)
+        # A buffer, so that torch.compile's CUDA graphs take it as a static input instead of copying it per call.
+        self.register_buffer("compressed", compressed, persistent=False)
 
     def kernel_for(self, tokens: int) -> str:
         if self.compressed is None:
@@ -58,24 +85,13 @@ class SparseLinear(nn.Module):
         tokens = x.numel() // self.in_features
         if self.kernel_for(tokens) == "dense":
             return F.linear(x, self.weight, self.bias)
-        x2 = x.reshape(tokens, self.in_features).contiguous()
-        # torch's layout computes W @ x^T (sparse operand first) into (out, tokens); the caller gets its
-        # transpose. torch's transpose_result=True (writing (tokens, out)) measured 2-3x slower on the H100.
-        if self.lt is not None:
-            y = self.lt.linear(self.compressed, x2, self.out_features, self.alg_id, self.split_k,
-                               self.layout or TORCH_LAYOUT)
-        else:
-            y = torch._cslt_sparse_mm(self.compressed, x2.t(), alg_id=self.alg_id, split_k=self.split_k).t()
-        # A transposed (strided) output made the following elementwise ops and attention so slow that a
-        # LLaMA-7B-shaped prefill at 2048 tokens ran 2.6x slower than dense (measured); one copy is cheaper.
-        # (A no-op for layouts that write (tokens, out) directly.) The copy is a tiled transpose: torch's own
-        # copy of this view cost more than the sparse product saved.
-        y = contiguous(y)
+        y = sparse_product(self.compressed, x.reshape(tokens, self.in_features), self.out_features, self.alg_id,
+                           self.split_k, self.layout)
+        y = token_major(y)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        layout = (self.layout or TORCH_LAYOUT).name()
         return (f"{self.in_features}, {self.out_features}, min_sparse_tokens={self.min_sparse_tokens}, "
-                f"alg_id={self.alg_id}, layout={layout}")
+                f"alg_id={self.alg_id}, layout={self.layout.name()}")
