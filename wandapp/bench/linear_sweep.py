@@ -91,11 +91,13 @@ def time_shape(name, shape, tokens_list, dtype, device, layout="out_t", lt=None,
     return records
 
 
-def tune_algorithms(lt, name, shape, tokens, dtype, device, split_ks=(1,), max_algs=None, layouts=None):
-    """Time every layout x algorithm id (x split-k) for one shape and token count; records, fastest layer first.
+def tune_algorithms(lt, name, shape, tokens, dtype, device, split_ks=(1,), max_algs=None, layouts=None,
+                    as_run: bool = True):
+    """Time every layout x algorithm id (x split-k) for one shape and token count; records, fastest first.
 
-    The time that counts is the layer as SparseLinear runs it: the product plus, for a layout that writes
-    (out, tokens), the copy to a contiguous (tokens, out) output. max_algs=None tries every algorithm id:
+    as_run: time the layer as SparseLinear runs it: the product plus, for a layout that writes (out, tokens),
+    the copy to a contiguous (tokens, out) output. Otherwise the product alone on operands as the layout stores
+    them (for a module that keeps its activations in that layout). max_algs=None tries every algorithm id:
     on the H100 the fastest was id 25 of 0-27 for most shapes (1.4-1.5x where id 0 gave 0.9-1.3x at 2048 tokens).
     """
     from .cusparselt import TORCH_LAYOUT
@@ -112,11 +114,17 @@ def tune_algorithms(lt, name, shape, tokens, dtype, device, split_ks=(1,), max_a
         except RuntimeError as e:  # a layout this cuSPARSELt refuses
             records.append(dict(name=name, tokens=tokens, layout=layout.name(), error=str(e)[:120]))
             continue
+        x_stored = x.t().contiguous() if layout.x_t else x
         for alg_id in range(last + 1):
             for split_k in split_ks:
-                fn = lambda: contiguous(lt.linear(compressed, x, shape[0], alg_id, split_k, layout))  # noqa: E731
+                product = lambda: lt.linear(compressed, x, shape[0], alg_id, split_k, layout)  # noqa: E731
                 try:
-                    err = rel_error(fn(), ref)
+                    if as_run:
+                        fn = lambda: contiguous(product())  # noqa: E731
+                    else:
+                        plan = lt.plan(shape[0], shape[1], tokens, dtype, alg_id, split_k, layout)
+                        fn = lambda: plan.run(compressed, x_stored)  # noqa: E731
+                    err = rel_error(product(), ref)
                     ms = median_ms_graph(fn, device, calls=5, iters=7)
                 except RuntimeError as e:  # a split-k or algorithm some layouts refuse
                     records.append(dict(name=name, tokens=tokens, layout=layout.name(), alg_id=alg_id,

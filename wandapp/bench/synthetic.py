@@ -28,7 +28,14 @@ def build_random_2of4_llama(device, dtype=torch.float16, num_layers: int = 32, s
             model = LlamaForCausalLM(config).eval()
     finally:
         torch.set_default_dtype(default)
-    gen = torch.Generator(device).manual_seed(seed)
-    for linear in DecoderAdapter.from_model(model).all_linears().values():
+    return prune_2of4_(model, seed)
+
+
+@torch.no_grad()
+def prune_2of4_(model, seed: int = 0):
+    """Every prunable linear of the model given random 2:4 weights, in place."""
+    linears = DecoderAdapter.from_model(model).all_linears().values()
+    gen = torch.Generator(next(iter(linears)).weight.device).manual_seed(seed)
+    for linear in linears:
         random_2of4_(linear.weight, gen)
     return model
