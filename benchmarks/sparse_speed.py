@@ -47,10 +47,15 @@ def print_tables(result) -> None:
               f"{r['sparse_ms']:.4f} | {r['speedup']:.2f} | {r['sparse_layer_ms']:.4f} | {r['layer_speedup']:.2f} | "
               f"{r['alg_id']},{r['split_k']} | {r['layout']} | {r['chosen']} |")
     print("crossover tokens:", result["crossover_tokens"], "tolerance:", result["tolerance"])
+    for r in result.get("mlp", []):
+        print(f"MLP {r['hidden']}x{r['inter']} at {r['tokens']} tokens: products {r['dense_products_ms']:.4f} -> "
+              f"{r['sparse_products_ms']:.4f} ms ({r['products_speedup']:.2f}x); module {r['dense_mlp_ms']:.4f} -> "
+              f"{r['sparse_mlp_ms']:.4f} ms ({r['mlp_speedup']:.2f}x); gate_up {r['gate_up']} down {r['down']}")
     e2e = result.get("end_to_end")
     if e2e:
         for row in e2e["prefill"]:
-            print(f"prefill {row['kernel']} b{row['batch']} x {row['prompt_len']}: {row['ms']:.2f} ms")
+            mode = "compiled" if row.get("compiled") else "eager"
+            print(f"prefill {row['kernel']} {mode} b{row['batch']} x {row['prompt_len']}: {row['ms']:.2f} ms")
         for row in e2e["decode"]:
             print(f"decode {row['kernel']} b{row['batch']} prompt {row['prompt_len']}: {row['tokens_per_s']:.1f} tok/s")
         print("prefill speedup:", e2e["prefill_speedup"])
@@ -67,25 +72,29 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--self-check", action="store_true")
     ap.add_argument("--no-e2e", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="no algorithm tuning, 3 token counts, prefill 1x2048 only")
+    ap.add_argument("--quick", action="store_true", help="tuning at 2048 tokens only, 3 token counts, prefill 1x2048 only")
     ap.add_argument("--layouts", default=DEFAULT_LAYOUTS,
                     help="cuSPARSELt layouts the tuner tries: torch, natural, all, or names (default: %(default)s)")
+    ap.add_argument("--no-fuse-mlp", dest="fuse_mlp", action="store_false", help="MLPs per linear")
+    ap.add_argument("--no-compile", dest="compile_blocks", action="store_false", help="eager prefill only")
     ap.add_argument("--tune-budget", type=float, default=180.0, help="seconds of tuning at most")
     args = ap.parse_args()
     device = torch.device("cuda", torch.cuda.current_device())
     if args.self_check:
         self_check(device)
         return 0
+    start = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save = lambda r: (out / "sparse_speed.json").write_text(json.dumps(r, indent=1, default=str))  # noqa: E731
     model = None if args.no_e2e else build_random_2of4_llama(device, torch.float16, num_layers=args.layers)
-    quick = dict(tokens=(512, 2048, 8192), tune_tokens=(), prefill_cases=((1, 2048),),
+    quick = dict(tokens=(512, 2048, 8192), tune_tokens=(2048,), prefill_cases=((1, 2048),),
                  decode_cases=((1, 512),)) if args.quick else {}
     cases = dict(prefill_cases=((1, 512), (1, 2048), (4, 2048)), decode_cases=((1, 512), (16, 512)))
     result = run_bench(model, LLAMA7B_SHAPES, device, **{**cases, **quick}, on_partial=save,
                        layouts=parse_layouts(args.layouts), tune_budget_s=args.tune_budget,
-                       log=lambda m: print(m, file=sys.stderr, flush=True))
+                       fuse_mlp=args.fuse_mlp, compile_blocks=args.compile_blocks,
+                       log=lambda m: print(f"[{time.time() - start:.0f} s] {m}", file=sys.stderr, flush=True))
     result["model"] = f"LLaMA-7B-shaped, {args.layers} layers, random 2:4 weights, float16"
     save(result)
     print_tables(result)

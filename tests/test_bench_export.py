@@ -98,7 +98,7 @@ def test_bench_without_gpu_records_skipped(tmp_path, tiny_llama_dir):
     assert main(["bench", "--model", str(tiny_llama_dir), "--output", str(out), "--device", "cpu"]) == 0
     result = json.loads(out.read_text())
     assert result["skipped"] is True and result["reason"] == "no CUDA device"
-    assert result["schema_version"] == 1 and "torch" in result["environment"]
+    assert result["schema_version"] == 2 and "torch" in result["environment"]
 
 
 def test_policy_from_sweep_records():

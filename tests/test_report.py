@@ -89,8 +89,11 @@ def test_report_reads_the_bench_and_lora_formats_the_commands_write(tmp_path):
         "linear": [{"name": "gate/up_proj", "tokens": 2048, "speedup": 1.31},
                    {"name": "down_proj", "tokens": 2048, "speedup": 0.93},
                    {"name": "gate/up_proj", "tokens": 8192, "speedup": 1.42}],
+        "mlp": [{"tokens": 1024, "products_speedup": 1.4}, {"tokens": 2048, "products_speedup": 1.62}],
         "end_to_end": {"prefill_speedup": [{"batch": 1, "prompt_len": 512, "speedup": 0.7},
-                                           {"batch": 1, "prompt_len": 2048, "speedup": 0.85}],
+                                           {"batch": 1, "prompt_len": 2048, "speedup": 0.85},
+                                           {"batch": 1, "prompt_len": 2048, "compiled": True, "speedup": 1.31},
+                                           {"batch": 4, "prompt_len": 2048, "compiled": True, "speedup": 1.5}],
                        "decode_speedup": [{"batch": 1, "prompt_len": 512, "speedup": 0.999}]}})
     lora = tmp_path / "metrics" / "m" / "wanda" / "2-4+lora"
     _write(lora / "lora.json", {"wall_time_s": 9.0, "ppl_before": 40.0, "ppl_after": 30.0,
@@ -99,6 +102,7 @@ def test_report_reads_the_bench_and_lora_formats_the_commands_write(tmp_path):
     row = table[(table.method == "wanda") & ~table.lora].iloc[0]
     assert row.bench_prefill_speedup == 0.85 and row.bench_decode_speedup == 0.999
     assert row.bench_linear_best_speedup_2048_tokens == 1.31
+    assert row.bench_compiled_prefill_speedup == 1.31 and row.bench_mlp_products_speedup_2048_tokens == 1.62
     lora_row = table[table.lora].iloc[0]
     assert (lora_row.lora_ppl_before, lora_row.lora_ppl_after, lora_row.lora_nonzero_pruned) == (40.0, 30.0, 0)
     written = write_report(table, tmp_path / "reports")

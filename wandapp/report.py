@@ -68,15 +68,21 @@ def _task_scores(data: dict) -> dict[str, float]:
 
 
 def _speedups(data: dict) -> dict[str, float]:
-    """Speed-ups of a bench.json as written by `wandapp bench`: end-to-end prefill (longest prompt, batch 1),
-    decode (batch 1), and the best linear shape at 2048 tokens; plus any numeric top-level "*speedup*" key."""
+    """Speed-ups of a bench.json as written by `wandapp bench`: end-to-end prefill (longest prompt, batch 1; eager
+    and with compiled blocks), decode (batch 1), the best linear shape and the fused MLP's products at 2048 tokens;
+    plus any numeric top-level "*speedup*" key."""
     found = {k: float(v) for k, v in data.items()
              if "speedup" in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
     e2e = data.get("end_to_end") or {}
-    for phase in ("prefill", "decode"):
-        records = [r for r in e2e.get(f"{phase}_speedup", []) if r.get("batch") == 1]
+    for phase, compiled in (("prefill", False), ("decode", False), ("prefill", True)):
+        records = [r for r in e2e.get(f"{phase}_speedup", [])
+                   if r.get("batch") == 1 and r.get("compiled", False) == compiled]
         if records:
-            found[f"{phase}_speedup"] = float(max(records, key=lambda r: r.get("prompt_len", 0))["speedup"])
+            key = f"{'compiled_' if compiled else ''}{phase}_speedup"
+            found[key] = float(max(records, key=lambda r: r.get("prompt_len", 0))["speedup"])
+    mlp_2048 = [r["products_speedup"] for r in data.get("mlp", []) if r.get("tokens") == 2048]
+    if mlp_2048:
+        found["mlp_products_speedup_2048_tokens"] = float(mlp_2048[0])
     at_2048 = [r["speedup"] for r in data.get("linear", []) if r.get("tokens") == 2048]
     if at_2048:
         found["linear_best_speedup_2048_tokens"] = float(max(at_2048))
@@ -374,7 +380,8 @@ def figure_speedup(table: pd.DataFrame):
         reasons = table.get("bench_skipped")
         reason = reasons.dropna().iloc[0] if reasons is not None and reasons.notna().any() else "no results"
         return _placeholder(title, f"Speed benchmark not measured:\n{reason}")
-    preferred = ["bench_prefill_speedup", "bench_decode_speedup", "bench_linear_best_speedup_2048_tokens"]
+    preferred = ["bench_prefill_speedup", "bench_compiled_prefill_speedup", "bench_decode_speedup",
+                 "bench_mlp_products_speedup_2048_tokens", "bench_linear_best_speedup_2048_tokens"]
     shown = [c for c in preferred if c in cols] or cols[:1]
     models = list(dict.fromkeys(table.model))
     series = _series(table[table[shown].notna().any(axis=1)])

@@ -2,45 +2,112 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
 from ..adapter import DecoderAdapter
 from .sparse_linear import SparseLinear
+from .sparse_mlp import SparseGatedMLP, is_gated_mlp
 from .sparsity import is_2of4
 from .timing import capture_graph, median_ms_eager, median_ms_graph
 
 
-def swap_in_sparse_linears(model: nn.Module, policy, lt=None) -> dict[str, str]:
+def swap_in_sparse_linears(model: nn.Module, policy, mlp_policy=None, reference: bool = False) -> dict[str, str]:
     """Replace each 2:4 linear by a SparseLinear; `policy(out, in) -> (min_sparse_tokens, alg_id, split_k, layout)`.
 
-    Returns {linear name: 'sparse' | 'dense (not 2:4)'} so the result says which layers were swapped.
+    mlp_policy(hidden, inter) -> (min_sparse_tokens, gate_up choice, down choice), or None: each gated MLP whose
+    linears are all 2:4 then becomes one SparseGatedMLP (gate and up fused). reference: the op's CPU kernel.
+    Returns {linear name: 'sparse' | 'sparse (fused MLP)' | 'dense (not 2:4)'}.
     """
     adapter = DecoderAdapter.from_model(model)
     report = {}
+    if mlp_policy is not None:
+        for i, block in enumerate(adapter.blocks):
+            mlp = adapter.mlp(block)
+            if is_gated_mlp(mlp):
+                min_tokens, gate_up, down = mlp_policy(mlp.gate_proj.in_features, mlp.gate_proj.out_features)
+                adapter.set_mlp(block, SparseGatedMLP(mlp, min_tokens, gate_up, down, reference))
+                report.update({f"layers.{i}.{n}": "sparse (fused MLP)" for n in adapter.mlp_linear_names})
     for name, linear in adapter.all_linears().items():
+        if name in report:
+            continue
         if not is_2of4(linear.weight):
             report[name] = "dense (not 2:4)"
             continue
         min_tokens, alg_id, split_k, layout = policy(linear.out_features, linear.in_features)
         parent_name, _, child = name.rpartition(".")
         parent = adapter.base.get_submodule(parent_name)
-        setattr(parent, child, SparseLinear(linear, min_tokens, alg_id, split_k, lt, layout))
+        setattr(parent, child, SparseLinear(linear, min_tokens, alg_id, split_k, layout, reference))
         report[name] = "sparse"
     return report
 
 
 def restore_dense_linears(model: nn.Module) -> None:
-    """Undo swap_in_sparse_linears (the SparseLinear keeps the dense weight)."""
+    """Undo swap_in_sparse_linears (the sparse modules keep the dense weights)."""
     for name, module in list(model.named_modules()):
-        if isinstance(module, SparseLinear):
+        parent_name, _, child = name.rpartition(".")
+        if isinstance(module, SparseGatedMLP):
+            setattr(model.get_submodule(parent_name), child, module.dense)
+        elif isinstance(module, SparseLinear):
             linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
                                device=module.weight.device, dtype=module.weight.dtype)
             linear.weight = module.weight
             if module.bias is not None:
                 linear.bias = module.bias
-            parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, linear)
+
+
+@contextmanager
+def compiled_blocks(model: nn.Module, recompile_limit: int = 64):
+    """Every decoder block run through torch.compile (inductor, default mode) inside the context.
+
+    Both models of a comparison get the same treatment: inductor fuses the norms, rotary, activation and
+    residual adds around the matrix products (cuBLAS for dense, the cslt_mm op for sparse), which eager HF
+    runs as many small kernels. One compiled graph serves every block; each new shape or module type recompiles.
+    """
+    import torch._dynamo
+
+    blocks = DecoderAdapter.from_model(model).blocks
+    torch._dynamo.reset()
+    try:
+        with torch._dynamo.config.patch(recompile_limit=recompile_limit):
+            for block in blocks:
+                block.compile(dynamic=False)
+            yield model
+    finally:
+        for block in blocks:
+            block._compiled_call_impl = None  # what nn.Module.compile set
+        torch._dynamo.reset()
+
+
+UNMASKED_SDPA = "sdpa_is_causal"
+
+
+@contextmanager
+def unmasked_causal_attention(model: nn.Module):
+    """SDPA attention with no explicit mask inside the context: its `is_causal` flag (flash kernels) does the masking.
+
+    Exact for what the prefill benchmark runs, whole unpadded sequences from position 0. transformers passes
+    no mask to SDPA when it can skip one, but not while a CUDA graph is being captured: it then built a
+    (tokens x tokens) mask and SDPA ran a slower masked kernel, and compiled blocks recompiled mid-capture
+    (measured with transformers 5.17). An attention implementation that transformers has no mask function for
+    gets no mask; this one is its own SDPA under another name.
+    """
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    before = model.config._attn_implementation
+    if before != "sdpa":  # other implementations build their mask the same way in and out of capture
+        yield model
+        return
+    AttentionInterface.register(UNMASKED_SDPA, sdpa_attention_forward)
+    model.config._attn_implementation = UNMASKED_SDPA
+    try:
+        yield model
+    finally:
+        model.config._attn_implementation = before
 
 
 def random_ids(model, batch: int, length: int, device, seed: int = 0) -> torch.Tensor:
@@ -53,9 +120,10 @@ def prefill_ms(model, batch: int, length: int, device, graph: bool = True) -> fl
     """Median ms of one forward over (batch, length) tokens, logits of the last position only (as a server does)."""
     ids = random_ids(model, batch, length, device)
     fn = lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1)  # noqa: E731
-    if graph:
-        return median_ms_graph(fn, device, calls=1, iters=10)
-    return median_ms_eager(fn, device, warmup=2, iters=5)
+    with unmasked_causal_attention(model):
+        if graph:
+            return median_ms_graph(fn, device, calls=1, iters=10)
+        return median_ms_eager(fn, device, warmup=2, iters=5)
 
 
 @torch.inference_mode()

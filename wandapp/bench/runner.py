@@ -7,15 +7,20 @@ import time
 
 import torch
 
-from .end_to_end import (decode_tokens_per_s, logits_rel_error, prefill_ms, random_ids, restore_dense_linears,
-                         swap_in_sparse_linears)
+from contextlib import nullcontext
+
+from .end_to_end import (compiled_blocks, decode_tokens_per_s, logits_rel_error, prefill_ms, random_ids,
+                         restore_dense_linears, swap_in_sparse_linears)
 from .linear_sweep import DEFAULT_TOKENS, crossover_tokens, time_shape, tune_algorithms
-from .cusparselt import TORCH_LAYOUT
+from .cusparselt import DEFAULT_LAYOUTS, TORCH_LAYOUT
+from .mlp_sweep import time_mlp
 from .sparse_linear import NEVER
+from .sparse_mlp import DOWN_LAYOUT, GATE_UP_LAYOUT
 
 DEFAULT_CHOICE = (0, 1, TORCH_LAYOUT.name())  # (alg_id, split_k, layout): torch's
+DEFAULT_MLP_CHOICE = ((0, 1, GATE_UP_LAYOUT), (0, 1, DOWN_LAYOUT))
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: fused MLP records ("mlp"), compiled prefill rows
 
 
 def environment(device) -> dict:
@@ -43,8 +48,13 @@ def model_shapes(model) -> dict[str, tuple[int, int]]:
     return {n: s for s, n in shapes.items()}
 
 
+# Split-K factors the tuner tries. 2 and 4 would spread a product with few output tiles over more SMs, but
+# cuSPARSELt 0.8 on the H100 refused them for every algorithm id and layout tried (measured), so only 1.
+SPLIT_KS = (1,)
+
+
 def tune(lt, shapes, dtype, device, tune_tokens=(2048, 8192), log=print, budget_s: float = 180.0,
-         layouts=None) -> dict:
+         layouts=None, split_ks=SPLIT_KS) -> dict:
     """Best (alg_id, split_k, layout) per shape and tuned token count; stops tuning after `budget_s` seconds."""
     best = {}
     start = time.time()
@@ -53,7 +63,7 @@ def tune(lt, shapes, dtype, device, tune_tokens=(2048, 8192), log=print, budget_
             if time.time() - start > budget_s:
                 log(f"tuning budget spent: {name} at {tokens} tokens keeps the default algorithm")
                 continue
-            recs = tune_algorithms(lt, name, shape, tokens, dtype, device, layouts=layouts)
+            recs = tune_algorithms(lt, name, shape, tokens, dtype, device, split_ks, layouts=layouts)
             ok = [r for r in recs if "sparse_ms" in r]
             errors = [r["error"] for r in recs if "error" in r]
             if errors:
@@ -64,6 +74,48 @@ def tune(lt, shapes, dtype, device, tune_tokens=(2048, 8192), log=print, budget_
             log(f"tuned {name} {shape} at {tokens} tokens: (alg, split_k, layout) {best[(shape, tokens)]} "
                 f"{ok[0]['sparse_ms'] if ok else float('nan'):.4f} ms, default {default[0] if default else 'n/a'}")
     return best
+
+
+def tune_mlp(lt, hidden: int, inter: int, dtype, device, tune_tokens=(2048, 8192), log=print, layouts=None,
+             split_ks=SPLIT_KS) -> dict:
+    """{tokens: (gate_up choice, down choice)}: the fastest (alg_id, split_k, layout) of the fused MLP's two
+    products, each timed alone on operands as SparseGatedMLP stores them."""
+    from .cusparselt import parse_layouts
+    from .sparse_mlp import down_layouts, gate_up_layouts
+
+    layouts = layouts or parse_layouts(DEFAULT_LAYOUTS)
+    best = {}
+    for tokens in tune_tokens:
+        picks = []
+        for name, shape, candidates in (("gate_up (fused)", (2 * inter, hidden), gate_up_layouts(layouts)),
+                                        ("down (x^T)", (hidden, inter), down_layouts(layouts))):
+            ok = [r for r in tune_algorithms(lt, name, shape, tokens, dtype, device, split_ks, layouts=candidates,
+                                             as_run=False) if "sparse_ms" in r]
+            if not ok:
+                log(f"fused MLP: no layout of {name} ran at {tokens} tokens; the MLP stays per linear")
+                return {}
+            picks.append((ok[0]["alg_id"], ok[0]["split_k"], ok[0]["layout"]))
+            log(f"tuned {name} {shape} at {tokens} tokens: {picks[-1]} {ok[0]['sparse_ms']:.4f} ms")
+        best[tokens] = tuple(picks)
+    return best
+
+
+def mlp_dims(shapes: dict) -> tuple[int, int] | None:
+    """(hidden, inter) from the swept shapes (the gate projection's), or None."""
+    gate = [shape for name, shape in shapes.items() if "gate" in name]
+    return (gate[0][1], gate[0][0]) if gate else None
+
+
+def make_mlp_policy(crossover: dict, best_mlp: dict):
+    """mlp_policy(hidden, inter) -> (min_sparse_tokens, gate_up, down): sparse where both its shapes' linears win."""
+    def mlp_policy(hidden, inter):
+        crosses = [crossover.get(f"{inter}x{hidden}"), crossover.get(f"{hidden}x{inter}")]
+        if not best_mlp or None in crosses:
+            return NEVER, DEFAULT_MLP_CHOICE[0], DEFAULT_MLP_CHOICE[1]
+        nearest = min(best_mlp, key=lambda t: abs(t - max(max(crosses), 2048)))
+        return max(crosses), *best_mlp[nearest]
+
+    return mlp_policy
 
 
 def alg_chooser(best: dict, shape):
@@ -92,29 +144,36 @@ def make_policy(linear_records, best):
     return policy, {f"{o}x{i}": policy(o, i)[0] if policy(o, i)[0] < NEVER else None for (o, i) in table}
 
 
-def end_to_end(model, policy, lt, device, prefill_cases, decode_cases, decode_steps=64, log=print) -> dict:
-    """Dense then sparse: logits tolerance, prefill ms per (batch, length), decode tokens/s per (batch, prompt)."""
+def end_to_end(model, policy, device, prefill_cases, decode_cases, decode_steps=64, log=print, mlp_policy=None,
+               compile_blocks: bool = True) -> dict:
+    """Dense then sparse: logits tolerance, prefill ms per (batch, length), eager and with the decoder blocks
+    compiled (the same for both models), and decode tokens/s per (batch, prompt)."""
     ids = random_ids(model, 1, 1024, device, seed=1)
     with torch.inference_mode():
         reference = model(input_ids=ids, use_cache=False).logits.float()
     rows = {"prefill": [], "decode": []}
     for kind in ("dense", "sparse"):
         if kind == "sparse":
-            swapped = swap_in_sparse_linears(model, policy, lt)
-            rows["swapped_linears"] = sum(v == "sparse" for v in swapped.values())
-            rows["dense_linears"] = sum(v != "sparse" for v in swapped.values())
+            swapped = swap_in_sparse_linears(model, policy, mlp_policy)
+            rows["swapped_linears"] = sum(v.startswith("sparse") for v in swapped.values())
+            rows["fused_mlp_linears"] = sum(v == "sparse (fused MLP)" for v in swapped.values())
+            rows["dense_linears"] = sum(not v.startswith("sparse") for v in swapped.values())
             rows["logits_rel_err"] = logits_rel_error(model, reference, ids)
-            del reference
-        for batch, length in prefill_cases:
-            ms = prefill_ms(model, batch, length, device)
-            rows["prefill"].append(dict(kernel=kind, batch=batch, prompt_len=length, ms=ms,
-                                        tokens_per_s=batch * length / ms * 1000))
-            log(f"prefill {kind} batch {batch} x {length}: {ms:.2f} ms")
+        for compiled in (False, True) if compile_blocks else (False,):
+            with compiled_blocks(model) if compiled else nullcontext():
+                if compiled and kind == "sparse":
+                    rows["compiled_logits_rel_err"] = logits_rel_error(model, reference, ids)
+                for batch, length in prefill_cases:
+                    ms = prefill_ms(model, batch, length, device)
+                    rows["prefill"].append(dict(kernel=kind, compiled=compiled, batch=batch, prompt_len=length, ms=ms,
+                                                tokens_per_s=batch * length / ms * 1000))
+                    log(f"prefill {kind}{' compiled' if compiled else ''} batch {batch} x {length}: {ms:.2f} ms")
         for batch, prompt in decode_cases:
             tps = decode_tokens_per_s(model, batch, prompt, decode_steps, device)
             rows["decode"].append(dict(kernel=kind, batch=batch, prompt_len=prompt, steps=decode_steps,
                                        tokens_per_s=tps))
             log(f"decode {kind} batch {batch} prompt {prompt}: {tps:.1f} tok/s")
+    del reference
     restore_dense_linears(model)
     rows["prefill_speedup"] = _speedups(rows["prefill"], "ms", lower_is_better=True)
     rows["decode_speedup"] = _speedups(rows["decode"], "tokens_per_s", lower_is_better=False)
@@ -122,28 +181,34 @@ def end_to_end(model, policy, lt, device, prefill_cases, decode_cases, decode_st
 
 
 def _speedups(rows, key, lower_is_better):
-    dense = {(r["batch"], r["prompt_len"]): r[key] for r in rows if r["kernel"] == "dense"}
+    case = lambda r: (r["batch"], r["prompt_len"], r.get("compiled", False))  # noqa: E731
+    dense = {case(r): r[key] for r in rows if r["kernel"] == "dense"}
     out = []
     for r in rows:
-        if r["kernel"] == "sparse" and (r["batch"], r["prompt_len"]) in dense:
-            d = dense[(r["batch"], r["prompt_len"])]
-            out.append(dict(batch=r["batch"], prompt_len=r["prompt_len"],
+        if r["kernel"] == "sparse" and case(r) in dense:
+            d = dense[case(r)]
+            out.append(dict(batch=r["batch"], prompt_len=r["prompt_len"], compiled=r.get("compiled", False),
                             speedup=(d / r[key]) if lower_is_better else (r[key] / d)))
     return out
 
 
 def run_bench(model, shapes, device, dtype=torch.float16, tokens=DEFAULT_TOKENS, prefill_cases=((1, 2048),),
               decode_cases=((1, 512),), decode_steps=64, log=print, on_partial=None,
-              tune_tokens=(2048, 8192), layouts=None, tune_budget_s: float = 180.0) -> dict:
-    """Everything `wandapp bench` writes, as one JSON-ready dict. `layouts`: cuSPARSELt layouts the tuner tries."""
-    from .cusparselt import CusparseLt
+              tune_tokens=(2048, 8192), layouts=None, tune_budget_s: float = 180.0, fuse_mlp: bool = True,
+              compile_blocks: bool = True) -> dict:
+    """Everything `wandapp bench` writes, as one JSON-ready dict. `layouts`: cuSPARSELt layouts the tuner tries;
+    fuse_mlp: gated MLPs run as SparseGatedMLP; compile_blocks: also time prefill with compiled decoder blocks."""
+    from .cslt_ops import context_for
 
-    lt = CusparseLt(device)
+    lt = context_for(device)
     result = dict(schema_version=SCHEMA_VERSION, skipped=False, environment=environment(device),
                   dtype=str(dtype)[6:], timing="CUDA events around CUDA-graph replays, median; warm-up first")
     best = tune(lt, shapes, dtype, device, tune_tokens, log=log, budget_s=tune_budget_s, layouts=layouts)
     result["tuned_algorithms"] = [dict(out_features=s[0], in_features=s[1], tokens=t, alg_id=a, split_k=k, layout=lay)
                                   for (s, t), (a, k, lay) in best.items()]
+    dims = mlp_dims(shapes) if fuse_mlp else None
+    best_mlp = tune_mlp(lt, *dims, dtype, device, tune_tokens, log, layouts) if dims else {}
+    result["tuned_mlp"] = [dict(tokens=t, gate_up=list(g), down=list(d)) for t, (g, d) in best_mlp.items()]
     linear = []
     for name, shape in shapes.items():
         linear += time_shape(name, shape, tokens, dtype, device, lt=lt, alg_for=alg_chooser(best, shape))
@@ -155,9 +220,20 @@ def run_bench(model, shapes, device, dtype=torch.float16, tokens=DEFAULT_TOKENS,
     result["linear"] = linear
     result["crossover_tokens"] = crossover
     result["tolerance"] = dict(linear_max_rel_err=max(r["rel_err"] for r in linear))
+    mlp_policy = make_mlp_policy(crossover, best_mlp) if best_mlp else None
+    if best_mlp:
+        choose = lambda t: best_mlp[min(best_mlp, key=lambda k: abs(k - t))]  # noqa: E731
+        result["mlp"] = time_mlp(*dims, [t for t in tokens if t >= 512], dtype, device, choose)
+        result["tolerance"]["mlp_max_rel_err"] = max(r["rel_err"] for r in result["mlp"])
+        for rec in result["mlp"]:
+            log(f"MLP {dims} at {rec['tokens']} tokens: products {rec['products_speedup']:.2f}x, "
+                f"module {rec['mlp_speedup']:.2f}x")
     if on_partial:
         on_partial(result)  # the linear tables survive a crash or time-out in the end-to-end part
     if model is not None:
-        result["end_to_end"] = end_to_end(model, policy, lt, device, prefill_cases, decode_cases, decode_steps, log)
-        result["tolerance"]["logits_rel_err"] = result["end_to_end"]["logits_rel_err"]
+        result["end_to_end"] = end_to_end(model, policy, device, prefill_cases, decode_cases, decode_steps, log,
+                                          mlp_policy, compile_blocks)
+        for key in ("logits_rel_err", "compiled_logits_rel_err"):
+            if key in result["end_to_end"]:
+                result["tolerance"][key] = result["end_to_end"][key]
     return result

@@ -41,6 +41,10 @@ def register(sub) -> None:
                    "the three fastest on an H100, sparseA+y_t,sparseB+y_t,sparseA+y_t+col), 'torch' (torch's own "
                    "only), 'natural' (the 16 that take activations as they come) or 'all' (32); every algorithm id "
                    "of each is timed")
+    p.add_argument("--no-fuse-mlp", dest="fuse_mlp", action="store_false",
+                   help="run gated MLPs per linear instead of as one fused gate+up product and down_proj")
+    p.add_argument("--no-compile", dest="compile_blocks", action="store_false",
+                   help="skip the prefill timings with torch.compile'd decoder blocks (they compile once per shape)")
     shapes = p.add_mutually_exclusive_group()
     shapes.add_argument("--shapes-from-model", action="store_true", default=True,
                         help="sweep the model's own linear shapes (default)")
@@ -79,6 +83,7 @@ def run(args) -> None:
     result = run_bench(model, shapes, device, dtype=dtype, tokens=_ints(args.tokens),
                        prefill_cases=_pairs(args.batch_sizes, args.prompt_lengths),
                        decode_cases=_pairs(args.batch_sizes, "512"), decode_steps=args.decode_tokens,
-                       log=log.info, on_partial=lambda r: write_json(args.output, r), layouts=layouts)
+                       log=log.info, on_partial=lambda r: write_json(args.output, r), layouts=layouts,
+                       fuse_mlp=args.fuse_mlp, compile_blocks=args.compile_blocks)
     result["model"] = args.model
     write_json(args.output, result)
