@@ -53,3 +53,11 @@ def test_parse_layouts():
     for bad in ("sparseC", "sparseA+sideways"):
         with pytest.raises(ValueError, match="unknown cuSPARSELt layout"):
             parse_layouts(bad)
+
+
+def test_a_missing_library_override_is_named_in_the_error(monkeypatch, tmp_path):
+    from wandapp.bench import cusparselt
+
+    monkeypatch.setenv(cusparselt.LIBRARY_ENV, str(tmp_path / "libcusparseLt.so.0"))
+    with pytest.raises(OSError, match="WANDAPP_CUSPARSELT=.*no such file"):
+        cusparselt._load_library()

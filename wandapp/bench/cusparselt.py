@@ -119,7 +119,15 @@ class _Opaque:
         self.ptr = ctypes.c_void_p(addr + (-addr % 16))
 
 
+LIBRARY_ENV = "WANDAPP_CUSPARSELT"  # path of another libcusparseLt.so to use instead of torch's
+
+
 def _load_library() -> ctypes.CDLL:
+    override = os.environ.get(LIBRARY_ENV)
+    if override:
+        if not os.path.isfile(override):
+            raise OSError(f"{LIBRARY_ENV}={override}: no such file")
+        return ctypes.CDLL(override)  # loaded beside torch's copy; its symbols stay local to this handle
     for name in ("libcusparseLt.so.0", "libcusparseLt.so"):
         try:
             return ctypes.CDLL(name)  # torch has usually loaded it already
@@ -143,6 +151,9 @@ class CusparseLt:
         self.handle = _Opaque()
         with torch.cuda.device(self.device):
             self._check(self.lib.cusparseLtInit(self.handle.ptr), "cusparseLtInit")
+        version = ctypes.c_int()
+        self._check(self.lib.cusparseLtGetVersion(self.handle.ptr, ctypes.byref(version)), "GetVersion")
+        self.version = version.value  # major * 1000000 + minor * 100 + patch: 800 is 0.8.0, 1000 is 0.10.0
         self._plans: dict[tuple, _Plan] = {}
 
     def _check(self, status: int, what: str) -> None:

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import platform
 import time
+from contextlib import nullcontext
 
 import torch
-
-from contextlib import nullcontext
 
 from .end_to_end import (compiled_blocks, decode_tokens_per_s, logits_rel_error, prefill_ms, random_ids,
                          restore_dense_linears, swap_in_sparse_linears)
 from .linear_sweep import DEFAULT_TOKENS, crossover_tokens, time_shape, tune_algorithms
-from .cusparselt import DEFAULT_LAYOUTS, TORCH_LAYOUT
+from .cusparselt import DEFAULT_LAYOUTS, TORCH_LAYOUT, parse_layouts
 from .mlp_sweep import time_mlp
 from .sparse_linear import NEVER
-from .sparse_mlp import DOWN_LAYOUT, GATE_UP_LAYOUT
+from .sparse_mlp import DOWN_LAYOUT, GATE_UP_LAYOUT, down_layouts, gate_up_layouts
 
 DEFAULT_CHOICE = (0, 1, TORCH_LAYOUT.name())  # (alg_id, split_k, layout): torch's
 DEFAULT_MLP_CHOICE = ((0, 1, GATE_UP_LAYOUT), (0, 1, DOWN_LAYOUT))
@@ -80,9 +79,6 @@ def tune_mlp(lt, hidden: int, inter: int, dtype, device, tune_tokens=(2048, 8192
              split_ks=SPLIT_KS) -> dict:
     """{tokens: (gate_up choice, down choice)}: the fastest (alg_id, split_k, layout) of the fused MLP's two
     products, each timed alone on operands as SparseGatedMLP stores them."""
-    from .cusparselt import parse_layouts
-    from .sparse_mlp import down_layouts, gate_up_layouts
-
     layouts = layouts or parse_layouts(DEFAULT_LAYOUTS)
     best = {}
     for tokens in tune_tokens:
@@ -201,7 +197,8 @@ def run_bench(model, shapes, device, dtype=torch.float16, tokens=DEFAULT_TOKENS,
     from .cslt_ops import context_for
 
     lt = context_for(device)
-    result = dict(schema_version=SCHEMA_VERSION, skipped=False, environment=environment(device),
+    env = dict(environment(device), cusparselt_called=lt.version)  # the library the sparse path calls
+    result = dict(schema_version=SCHEMA_VERSION, skipped=False, environment=env,
                   dtype=str(dtype)[6:], timing="CUDA events around CUDA-graph replays, median; warm-up first")
     best = tune(lt, shapes, dtype, device, tune_tokens, log=log, budget_s=tune_budget_s, layouts=layouts)
     result["tuned_algorithms"] = [dict(out_features=s[0], in_features=s[1], tokens=t, alg_id=a, split_k=k, layout=lay)
