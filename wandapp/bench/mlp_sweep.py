@@ -68,5 +68,4 @@ def time_mlp(hidden: int, inter: int, tokens_list, dtype, device, choose) -> lis
         rec["products_speedup"] = rec["dense_products_ms"] / rec["sparse_products_ms"]
         rec["mlp_speedup"] = rec["dense_mlp_ms"] / rec["sparse_mlp_ms"]
         records.append(rec)
-        del sparse
     return records
