@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import time
-from contextlib import nullcontext
 
 import torch
 
@@ -155,15 +154,17 @@ def end_to_end(model, policy, device, prefill_cases, decode_cases, decode_steps=
             rows["fused_mlp_linears"] = sum(v == "sparse (fused MLP)" for v in swapped.values())
             rows["dense_linears"] = sum(not v.startswith("sparse") for v in swapped.values())
             rows["logits_rel_err"] = logits_rel_error(model, reference, ids)
-        for compiled in (False, True) if compile_blocks else (False,):
-            with compiled_blocks(model) if compiled else nullcontext():
-                if compiled and kind == "sparse":
-                    rows["compiled_logits_rel_err"] = logits_rel_error(model, reference, ids)
-                for batch, length in prefill_cases:
-                    ms = prefill_ms(model, batch, length, device)
-                    rows["prefill"].append(dict(kernel=kind, compiled=compiled, batch=batch, prompt_len=length, ms=ms,
-                                                tokens_per_s=batch * length / ms * 1000))
-                    log(f"prefill {kind}{' compiled' if compiled else ''} batch {batch} x {length}: {ms:.2f} ms")
+        rows["prefill"] += _prefill(model, kind, False, prefill_cases, device, log)
+        if compile_blocks and "compile_error" not in rows:
+            try:
+                with compiled_blocks(model):
+                    if kind == "sparse":
+                        rows["compiled_logits_rel_err"] = logits_rel_error(model, reference, ids)
+                    rows["prefill"] += _prefill(model, kind, True, prefill_cases, device, log)
+            except Exception as e:  # noqa: BLE001  torch.compile can fail on a machine (no compiler, a new model)
+                rows["compile_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+                rows["prefill"] = [r for r in rows["prefill"] if not r["compiled"]]  # no half-compared cases
+                log(f"compiled prefill skipped: {rows['compile_error']}")
         for batch, prompt in decode_cases:
             tps = decode_tokens_per_s(model, batch, prompt, decode_steps, device)
             rows["decode"].append(dict(kernel=kind, batch=batch, prompt_len=prompt, steps=decode_steps,
@@ -173,6 +174,16 @@ def end_to_end(model, policy, device, prefill_cases, decode_cases, decode_steps=
     restore_dense_linears(model)
     rows["prefill_speedup"] = _speedups(rows["prefill"], "ms", lower_is_better=True)
     rows["decode_speedup"] = _speedups(rows["decode"], "tokens_per_s", lower_is_better=False)
+    return rows
+
+
+def _prefill(model, kind: str, compiled: bool, cases, device, log) -> list[dict]:
+    rows = []
+    for batch, length in cases:
+        ms = prefill_ms(model, batch, length, device)
+        rows.append(dict(kernel=kind, compiled=compiled, batch=batch, prompt_len=length, ms=ms,
+                         tokens_per_s=batch * length / ms * 1000))
+        log(f"prefill {kind}{' compiled' if compiled else ''} batch {batch} x {length}: {ms:.2f} ms")
     return rows
 
 
