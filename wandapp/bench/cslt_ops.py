@@ -1,8 +1,7 @@
 """The cuSPARSELt product as a torch custom op, so that torch.compile can trace a model through it.
 
 `wandapp::cslt_mm` takes the compressed weight and x as stored by a `Layout` and returns y as stored. Inside a
-compiled graph it is one opaque node: inductor fuses the model's norms, rotary and activations around it and
-can read a transposed output in the next kernel instead of copying it.
+compiled graph it is one opaque node, and inductor fuses the model's norms, rotary and activations around it.
 
 The op cannot carry a Python object, so the cuSPARSELt handle and its plan cache are looked up per device
 (`shared_context`), as torch keeps one cuBLAS handle per device.
@@ -77,7 +76,3 @@ def compress(weight: torch.Tensor, layout: Layout, reference: bool = False) -> t
 def reference_compress(weight: torch.Tensor, layout: Layout) -> torch.Tensor:
     return (weight.t() if layout.weight_t else weight).detach().contiguous().clone()
 
-
-def padded_tokens(tokens: int) -> int:
-    """cuSPARSELt refuses token counts that are not a multiple of 16 (measured at 1 and 333)."""
-    return tokens + (-tokens % 16)

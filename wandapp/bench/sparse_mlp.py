@@ -1,9 +1,10 @@
 """A gated MLP (down(act(gate(x)) * up(x)), as in Llama, Mistral, Qwen) run as two 2:4 products.
 
 gate and up share their input, so they run as one (2 x inter, in) sparse product, which cuSPARSELt runs
-faster than two (measured on the H100: 1.65x of dense at 2048 tokens against 1.33x for each alone). Its fast
-layouts write (features, tokens); the activation runs in that layout and down_proj takes the result as its
-stored x^T, so no copy runs between the products, only one at the end (or none under torch.compile).
+faster than two (H100, LLaMA-7B shapes: 1.50x of dense at 2048 tokens and 1.60x at 8192, against 1.38x and
+1.53x for one alone; benchmarks/results/h100_cslt_layouts_v3.json). Its fast layouts write (features, tokens);
+the activation runs in that layout and down_proj takes the result as its stored x^T, so no copy runs between
+the products, only one at the end.
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ from .cusparselt import Layout
 from .sparse_linear import NEVER, cusparselt_available, token_major
 from .sparsity import is_2of4
 
-GATE_UP_LAYOUT = "sparseA+y_t"  # the fastest for the fused shape on the H100 (benchmarks/cslt_layouts.py)
+GATE_UP_LAYOUT = "sparseA+y_t"  # defaults; the tuner picks per machine (on the H100 the y_t layouts ran within 2%)
 DOWN_LAYOUT = "sparseA+x_t+y_t"
 
 
 def is_gated_mlp(mlp: nn.Module) -> bool:
     """Three bias-free 2:4 linears and an activation, as HF's Llama-family MLPs hold them."""
     linears = [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
-    return (callable(getattr(mlp, "act_fn", None)) and all(isinstance(l, nn.Linear) for l in linears)
-            and all(l.bias is None and is_2of4(l.weight) for l in linears))
+    return (callable(getattr(mlp, "act_fn", None)) and all(isinstance(lin, nn.Linear) for lin in linears)
+            and all(lin.bias is None and is_2of4(lin.weight) for lin in linears))
 
 
 def gate_up_layouts(layouts: list[Layout]) -> list[Layout]:
