@@ -32,6 +32,8 @@ def wandapp_command():
     return str(beside) if beside.is_file() else (shutil.which("wandapp") or "wandapp")
 
 
+# Used directly in the rules' shell commands, not as params (`snakemake --lint` flags it): it holds this
+# machine's interpreter path, and as a param a moved checkout or another venv would make every job rerun.
 WANDAPP = wandapp_command()
 RESULTS = config["results_dir"]
 REPORTS = config["reports_dir"]
