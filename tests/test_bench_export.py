@@ -111,3 +111,26 @@ def test_policy_from_sweep_records():
     assert policy(8, 4) == (2048, 3, 2, "sparseB")
     assert policy(4, 4)[1:] == (0, 1, "sparseA+y_t")  # untuned shapes keep torch's layout
     assert policy(4, 4)[0] == NEVER and crossover == {"8x4": 2048, "4x4": None}
+
+
+def test_fused_mlp_policy_goes_sparse_where_both_of_its_shapes_do():
+    from wandapp.bench.runner import DEFAULT_MLP_CHOICE, make_mlp_policy, mlp_dims
+
+    assert mlp_dims({"q_proj": (64, 64), "gate_proj": (176, 64), "down_proj": (64, 176)}) == (64, 176)
+    assert mlp_dims({"q_proj": (64, 64)}) is None
+    best = {2048: ((25, 1, "sparseA+y_t"), (37, 1, "sparseA+x_t+y_t")), 8192: ((0, 1, "sparseB+y_t"),) * 2}
+    policy = make_mlp_policy({"176x64": 1024, "64x176": 2048}, best)
+    assert policy(64, 176) == (2048, *best[2048])  # the later crossover; the choice tuned nearest to it
+    assert make_mlp_policy({"176x64": 4096, "64x176": 8192}, best)(64, 176) == (8192, *best[8192])
+    assert make_mlp_policy({"176x64": 1024, "64x176": None}, best)(64, 176) == (NEVER, *DEFAULT_MLP_CHOICE)
+
+
+def test_speedups_compare_eager_with_eager_and_compiled_with_compiled():
+    from wandapp.bench.runner import _speedups
+
+    rows = [dict(kernel=k, compiled=c, batch=1, prompt_len=2048, ms=ms)
+            for k, c, ms in (("dense", False, 60.0), ("dense", True, 45.0), ("sparse", False, 50.0),
+                             ("sparse", True, 30.0))]
+    assert _speedups(rows, "ms", lower_is_better=True) == [
+        dict(batch=1, prompt_len=2048, compiled=False, speedup=1.2),
+        dict(batch=1, prompt_len=2048, compiled=True, speedup=1.5)]
