@@ -36,9 +36,9 @@ def _layout(name: str) -> Layout:
     return Layout.parse(name)
 
 
-def _out_shape(x: torch.Tensor, out_features: int, layout: Layout) -> tuple[int, int]:
-    tokens = x.shape[1] if layout.x_t else x.shape[0]
-    return (out_features, tokens) if layout.y_t else (tokens, out_features)
+def _tokens_and_in(x: torch.Tensor, layout: Layout) -> tuple[int, int]:
+    """(tokens, in_features) of x as the layout stores it."""
+    return (x.shape[1], x.shape[0]) if layout.x_t else (x.shape[0], x.shape[1])
 
 
 @torch.library.custom_op("wandapp::cslt_mm", mutates_args=(), device_types="cuda")
@@ -47,15 +47,16 @@ def cslt_mm(compressed: torch.Tensor, x: torch.Tensor, out_features: int, alg_id
     """y = x @ W^T with everything as stored by `layout`: x (tokens, in) or (in, tokens) with x_t, contiguous;
     y (tokens, out) or (out, tokens) with y_t. The token count must be a multiple of 16 (cuSPARSELt's rule)."""
     lay = _layout(layout)
-    in_features = x.shape[0] if lay.x_t else x.shape[1]
-    tokens = x.shape[1] if lay.x_t else x.shape[0]
+    tokens, in_features = _tokens_and_in(x, lay)
     plan = context_for(x.device).plan(out_features, in_features, tokens, x.dtype, alg_id, split_k, lay)
     return plan.run(compressed, x.contiguous())
 
 
 @cslt_mm.register_fake
 def _(compressed, x, out_features, alg_id, split_k, layout):
-    return x.new_empty(_out_shape(x, out_features, _layout(layout)))
+    lay = _layout(layout)
+    tokens = _tokens_and_in(x, lay)[0]
+    return x.new_empty((out_features, tokens) if lay.y_t else (tokens, out_features))
 
 
 @cslt_mm.register_kernel("cpu")

@@ -100,6 +100,23 @@ def parse_layouts(text: str) -> list[Layout]:
         raise ValueError(f"unknown cuSPARSELt layout list {text!r} (torch, natural, or names like sparseA+y_t)") from None
 
 
+def stored_input(x: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """x (tokens, in) as the layout's product takes it: transposed when x_t, contiguous, and padded with zero
+    rows to a multiple of 16 tokens (cuSPARSELt refused other counts, "operation not supported", measured at 1
+    and 333)."""
+    pad = -x.shape[0] % 16
+    if pad:
+        x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+    return x.t().contiguous() if layout.x_t else x.contiguous()
+
+
+def token_output(y: torch.Tensor, layout: Layout, tokens: int) -> torch.Tensor:
+    """A product's output as stored by the layout -> its (tokens, out) values (a transposed view for y_t),
+    the padding rows of `stored_input` dropped."""
+    y = y.t() if layout.y_t else y
+    return y[:tokens] if y.shape[0] != tokens else y
+
+
 def _operand(rows: int, cols: int, stored_t: bool, col: bool):
     """(rows, cols, ld, order, op) describing a logical (rows, cols) operand as it lies in memory.
 
@@ -186,19 +203,11 @@ class CusparseLt:
 
     def linear(self, compressed: torch.Tensor, x: torch.Tensor, out_f: int, alg_id: int = 0, split_k: int = 1,
                layout: Layout = TORCH_LAYOUT):
-        """x (tokens, in) contiguous -> y (tokens, out); a transposed view when the layout stores y^T.
-
-        cuSPARSELt refuses a token count that is not a multiple of 16 ("operation not supported", measured
-        at 1 and 333), so such an input is padded with zero rows and the extra outputs are dropped.
-        """
-        tokens, in_f = x.shape
-        pad = -tokens % 16
-        if pad:
-            x = torch.nn.functional.pad(x, (0, 0, 0, pad))
-        stored_x = x.t().contiguous() if layout.x_t else x
-        y = self.plan(out_f, in_f, tokens + pad, x.dtype, alg_id, split_k, layout).run(compressed, stored_x)
-        y = y.t() if layout.y_t else y
-        return y[:tokens] if pad else y
+        """x (tokens, in) -> y (tokens, out); a transposed view when the layout stores y^T."""
+        stored = stored_input(x, layout)
+        padded = stored.shape[1] if layout.x_t else stored.shape[0]
+        y = self.plan(out_f, x.shape[1], padded, x.dtype, alg_id, split_k, layout).run(compressed, stored)
+        return token_output(y, layout, x.shape[0])
 
     def max_alg_id(self, out_f: int, in_f: int, tokens: int, dtype: torch.dtype, layout: Layout = TORCH_LAYOUT) -> int:
         return self.plan(out_f, in_f, tokens, dtype, layout=layout).max_alg_id

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cslt_ops  # noqa: F401  (registers torch.ops.wandapp.cslt_mm)
-from .cusparselt import TORCH_LAYOUT, Layout
+from .cusparselt import TORCH_LAYOUT, Layout, stored_input, token_output
 from .sparsity import is_2of4
 from .transpose import contiguous
 from ..errors import WandappError
@@ -42,15 +42,9 @@ def token_major(y: torch.Tensor) -> torch.Tensor:
 
 def sparse_product(compressed, x2: torch.Tensor, out_features: int, alg_id: int, split_k: int,
                    layout: Layout) -> torch.Tensor:
-    """x2 (tokens, in) -> y (tokens, out), possibly a transposed view; pads the tokens to cuSPARSELt's 16."""
-    tokens = x2.shape[0]
-    pad = -tokens % 16
-    if pad:
-        x2 = F.pad(x2, (0, 0, 0, pad))
-    stored = x2.t().contiguous() if layout.x_t else x2.contiguous()
-    y = torch.ops.wandapp.cslt_mm(compressed, stored, out_features, alg_id, split_k, layout.name())
-    y = y.t() if layout.y_t else y
-    return y[:tokens] if pad else y
+    """x2 (tokens, in) -> y (tokens, out) through the cslt_mm op, possibly a transposed view."""
+    y = torch.ops.wandapp.cslt_mm(compressed, stored_input(x2, layout), out_features, alg_id, split_k, layout.name())
+    return token_output(y, layout, x2.shape[0])
 
 
 class SparseLinear(nn.Module):

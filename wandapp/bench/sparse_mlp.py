@@ -10,11 +10,10 @@ the products, only one at the end.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import cslt_ops
-from .cusparselt import Layout
+from .cusparselt import Layout, stored_input, token_output
 from .sparse_linear import NEVER, cusparselt_available, token_major
 from .sparsity import is_2of4
 
@@ -84,16 +83,13 @@ class SparseGatedMLP(nn.Module):
         tokens = x.numel() // self.hidden
         if self.kernel_for(tokens) == "dense":
             return self.dense(x)
-        x2 = x.reshape(tokens, self.hidden)
-        pad = -tokens % 16  # cuSPARSELt's multiple; zero rows give zero outputs
-        x2 = F.pad(x2, (0, 0, 0, pad)) if pad else x2.contiguous()
+        x2 = stored_input(x.reshape(tokens, self.hidden), self.gate_up_layout)  # padded rows give zero outputs
         gate_up_t = torch.ops.wandapp.cslt_mm(self.compressed_gate_up, x2, 2 * self.inter, *self.gate_up_alg,
-                                              self.gate_up_layout.name())  # (2 inter, tokens)
+                                              self.gate_up_layout.name())  # (2 inter, padded tokens)
         h_t = self.dense.act_fn(gate_up_t[: self.inter]) * gate_up_t[self.inter:]  # (inter, tokens): down's x^T
         y = torch.ops.wandapp.cslt_mm(self.compressed_down, h_t, self.hidden, *self.down_alg,
                                       self.down_layout.name())
-        y = y.t() if self.down_layout.y_t else y
-        y = token_major(y[:tokens] if pad else y)
+        y = token_major(token_output(y, self.down_layout, tokens))
         return y.reshape(*x.shape[:-1], self.hidden)
 
     def extra_repr(self) -> str:
