@@ -173,3 +173,29 @@ def test_compiled_sparse_model_on_cusparselt_matches_eager():
         with compiled_blocks(model):
             compiled = model(input_ids=ids, use_cache=False).logits.float()
     assert float((compiled - eager).norm() / eager.norm()) < 1e-2
+
+
+def _cutlass_or_skip():
+    from wandapp.bench import cutlass_sparse as cs
+    from wandapp.errors import WandappError
+
+    if not (torch.cuda.is_available() and cs.available(torch.device("cuda"))):
+        pytest.skip("needs a Hopper GPU")
+    try:
+        return cs.CutlassSparse(torch.device("cuda"))
+    except WandappError as e:  # no nvcc or CUTLASS headers and no prebuilt library
+        pytest.skip(str(e))
+
+
+def test_cutlass_sparse_products_match_dense_in_every_config():
+    from wandapp.bench.linear_sweep import make_operands, rel_error
+
+    lib = _cutlass_or_skip()
+    gen = torch.Generator("cuda").manual_seed(0)
+    weight, x = make_operands((384, 512), 200, torch.float16, torch.device("cuda"), gen)
+    ref = torch.nn.functional.linear(x, weight)
+    compressed = {family: lib.compress(weight, family) for family in set(lib.families)}
+    for choice in lib.choices(swizzles=(1, 2), rasters=(1, 2)):
+        y = lib.linear(*compressed[lib.families[choice.config]], x, 384, choice)
+        assert y.shape == (200, 384) and y.is_contiguous()
+        assert rel_error(y, ref) < 1e-3, choice.name(lib)

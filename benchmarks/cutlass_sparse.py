@@ -1,0 +1,181 @@
+"""CUTLASS sm90 2:4 GEMMs against cuBLAS on LLaMA-7B shapes: every kernel choice, then the MLP's products.
+
+    PYTHONPATH=. python benchmarks/cutlass_sparse.py --out DIR [--tokens 512,2048,8192]
+
+Random 2:4 fp16 weights; CUDA-graph replay medians (wandapp.bench.timing). Writes DIR/cutlass_sparse.json and
+prints the tables last. Set WANDAPP_CUTLASS_SPARSE to a prebuilt library, or let it build (nvcc + CUTLASS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from wandapp.bench.cutlass_sparse import CutlassSparse
+from wandapp.bench.linear_sweep import make_operands, rel_error
+from wandapp.bench.timing import median_ms_graph
+
+SHAPES = {"gate+up fused": (22016, 4096), "gate/up": (11008, 4096), "down": (4096, 11008),
+          "qkv fused": (12288, 4096), "q/k/v/o": (4096, 4096)}
+
+
+def tune_shape(lib, name, shape, tokens, device):
+    """Every kernel choice for one shape and token count; the dense time and the records, fastest first."""
+    gen = torch.Generator(device).manual_seed(0)
+    weight, x = make_operands(shape, tokens, torch.float16, device, gen)
+    compressed = {family: lib.compress(weight, family) for family in set(lib.families)}
+    ref = F.linear(x, weight)
+    dense_ms = median_ms_graph(lambda: F.linear(x, weight), device)
+    out = torch.empty_like(ref)
+    records = []
+    for choice in lib.choices():
+        values, meta = compressed[lib.families[choice.config]]
+        try:
+            err = rel_error(lib.linear(values, meta, x, shape[0], choice), ref)
+            ms = median_ms_graph(lambda: lib.linear(values, meta, x, shape[0], choice, out), device, calls=5, iters=7)
+        except RuntimeError as e:
+            records.append(dict(choice=choice.name(lib), error=str(e)[-80:]))
+            continue
+        records.append(dict(choice=choice.name(lib), config=choice.config, swizzle=choice.swizzle,
+                            raster=choice.raster, ms=ms, speedup=dense_ms / ms, rel_err=err))
+    records.sort(key=lambda r: r.get("ms", float("inf")))
+    return dict(name=name, out_features=shape[0], in_features=shape[1], tokens=tokens, dense_ms=dense_ms,
+                dense_tflops=2 * shape[0] * shape[1] * tokens / dense_ms / 1e9, records=records)
+
+
+def mlp_products(lib, tokens, best, device, hidden=4096, inter=11008, sustain_s: float = 0.0):
+    """Dense gate, up and down against the fused sparse gate+up and down, each with its fastest choice."""
+    from wandapp.bench.cutlass_sparse import Choice
+
+    gen = torch.Generator(device).manual_seed(2)
+    gate, up, down = (make_operands(s, 1, torch.float16, device, gen)[0]
+                      for s in ((inter, hidden), (inter, hidden), (hidden, inter)))
+    gu_choice = Choice(**{k: best[("gate+up fused", tokens)][k] for k in ("config", "swizzle", "raster")})
+    d_choice = Choice(**{k: best[("down", tokens)][k] for k in ("config", "swizzle", "raster")})
+    gu_values, gu_meta = lib.compress(torch.cat([gate, up]), lib.families[gu_choice.config])
+    d_values, d_meta = lib.compress(down, lib.families[d_choice.config])
+    x = torch.randn(tokens, hidden, dtype=torch.float16, device=device, generator=gen)
+    h = torch.randn(tokens, inter, dtype=torch.float16, device=device, generator=gen)
+    gu_out = torch.empty(tokens, 2 * inter, dtype=torch.float16, device=device)
+    d_out = torch.empty(tokens, hidden, dtype=torch.float16, device=device)
+
+    def dense_products():
+        return F.linear(x, gate), F.linear(x, up), F.linear(h, down)
+
+    def sparse_products():
+        lib.linear(gu_values, gu_meta, x, 2 * inter, gu_choice, gu_out)
+        lib.linear(d_values, d_meta, h, hidden, d_choice, d_out)
+
+    def dense_mlp():
+        return F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)
+
+    def sparse_mlp():
+        gu = lib.linear(gu_values, gu_meta, x, 2 * inter, gu_choice)
+        return lib.linear(d_values, d_meta, F.silu(gu[:, :inter]) * gu[:, inter:], hidden, d_choice)
+
+    rec = dict(tokens=tokens, gate_up=gu_choice.name(lib), down=d_choice.name(lib),
+               rel_err=rel_error(sparse_mlp(), dense_mlp()))
+    for key, fn in (("dense_products_ms", dense_products), ("sparse_products_ms", sparse_products),
+                    ("dense_mlp_ms", dense_mlp), ("sparse_mlp_ms", sparse_mlp)):
+        rec[key] = median_ms_graph(fn, device)
+    rec["products_speedup"] = rec["dense_products_ms"] / rec["sparse_products_ms"]
+    rec["mlp_speedup"] = rec["dense_mlp_ms"] / rec["sparse_mlp_ms"]
+    if sustain_s:
+        rec["sustained"] = {kind: sustained(fn, device, sustain_s) for kind, fn in
+                            (("dense_products", dense_products), ("sparse_products", sparse_products))}
+    return rec
+
+
+def sustained(fn, device, seconds: float) -> dict:
+    """Replay fn for `seconds` while sampling the SM clock and board power through NVML: a product that draws
+    more power than the board allows runs at a lower clock, which caps any kernel's speed-up."""
+    import statistics
+    import threading
+
+    import pynvml
+
+    from wandapp.bench.timing import capture_graph
+
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)  # one visible GPU on the benchmark machine
+    graph = capture_graph(fn, device, calls=10)
+    samples, done = [], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            samples.append((pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
+                            pynvml.nvmlDeviceGetPowerUsage(handle) / 1000))
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=sample)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    replays, t0 = 0, time.perf_counter()
+    thread.start()
+    start.record()
+    while time.perf_counter() - t0 < seconds:
+        graph.replay()
+        replays += 1
+        if replays % 20 == 0:
+            torch.cuda.synchronize(device)
+    end.record()
+    end.synchronize()
+    done.set()
+    thread.join()
+    late = samples[len(samples) // 2:] or samples  # the second half: clocks settled
+    return dict(ms_per_call=start.elapsed_time(end) / (replays * 10), seconds=seconds,
+                sm_mhz=statistics.median(c for c, _ in late), power_w=statistics.median(p for _, p in late),
+                power_limit_w=pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000,
+                max_sm_mhz=pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--tokens", default="512,1024,2048,4096,8192")
+    parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--sustain", type=float, default=3.0, help="seconds of sustained MLP products per case "
+                        "with NVML clock and power samples (0: skip)")
+    args = parser.parse_args()
+    device = torch.device("cuda", torch.cuda.current_device())
+    t0 = time.perf_counter()
+    lib = CutlassSparse(device)
+    print(f"library ready in {time.perf_counter() - t0:.1f} s: {len(lib.config_names)} configs", flush=True)
+    tokens_list = [int(t) for t in args.tokens.split(",")]
+    shapes = [s for s in args.shapes.split(",") if s]
+    result = dict(device=torch.cuda.get_device_name(device), torch=torch.__version__, shapes=[], mlp=[])
+    best = {}
+    for name in shapes:
+        for tokens in tokens_list:
+            rec = tune_shape(lib, name, SHAPES[name], tokens, device)
+            result["shapes"].append(rec)
+            top = rec["records"][0]
+            best[(name, tokens)] = top
+            print(f"{name} {SHAPES[name]} x {tokens}: dense {rec['dense_ms']:.4f} ms, best {top.get('choice')} "
+                  f"{top.get('ms', float('nan')):.4f} ms ({top.get('speedup', 0):.2f}x, err {top.get('rel_err', 0):.1e})",
+                  flush=True)
+    for tokens in tokens_list:
+        if ("gate+up fused", tokens) in best and ("down", tokens) in best:
+            result["mlp"].append(mlp_products(lib, tokens, best, device, sustain_s=args.sustain))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "cutlass_sparse.json").write_text(json.dumps(result, indent=1))
+    print("\n| shape | tokens | dense ms | CUTLASS 2:4 ms | speed-up | choice |")
+    for rec in result["shapes"]:
+        top = rec["records"][0]
+        print(f"| {rec['name']} {rec['out_features']}x{rec['in_features']} | {rec['tokens']} | {rec['dense_ms']:.4f} "
+              f"| {top.get('ms', float('nan')):.4f} | {top.get('speedup', 0):.2f}x | {top.get('choice')} |")
+    for r in result["mlp"]:
+        print(f"MLP products at {r['tokens']}: {r['dense_products_ms']:.4f} -> {r['sparse_products_ms']:.4f} ms "
+              f"({r['products_speedup']:.2f}x); module {r['dense_mlp_ms']:.4f} -> {r['sparse_mlp_ms']:.4f} ms "
+              f"({r['mlp_speedup']:.2f}x); err {r['rel_err']:.1e}")
+        for kind, row in r.get("sustained", {}).items():
+            print(f"  sustained {kind}: {row['ms_per_call']:.4f} ms/call, SM {row['sm_mhz']} MHz "
+                  f"(max {row['max_sm_mhz']}), {row['power_w']:.0f} W of {row['power_limit_w']:.0f} W")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The CUTLASS sparse kernels' build on a machine without a GPU: the source's configs, the nvcc calls, the cache.
+
+The kernels themselves run only on Hopper (tests/test_gpu.py); here a stand-in nvcc checks what the build asks
+of the compiler and that a library is built once, atomically, and found again.
+"""
+
+import re
+import stat
+
+import pytest
+
+from wandapp.bench import cutlass_sparse as cs
+from wandapp.errors import WandappError
+
+
+def test_source_defines_the_configs_python_expects():
+    source = cs.SOURCE.read_text()
+    configs = re.findall(r"^using Config(\d+) = Config<", source, flags=re.M)
+    assert [int(i) for i in configs] == list(range(cs.CONFIG_COUNT))
+    assert f"kConfigs = {cs.CONFIG_COUNT};" in source
+    names = re.search(r"names\[wandapp_sm90::kConfigs\] = \{(.*?)\};", source, flags=re.S).group(1)
+    assert len(re.findall(r'"[^"]+"', names)) == cs.CONFIG_COUNT
+    families = re.search(r"kFamilyOf\[kConfigs\] = \{(.*?)\};", source).group(1)
+    assert len(families.split(",")) == cs.CONFIG_COUNT
+
+
+def test_compile_commands_build_each_config_for_sm90a(tmp_path):
+    cmds = cs.compile_commands("nvcc", [tmp_path / "include"], tmp_path)
+    assert len(cmds) == cs.CONFIG_COUNT + 1
+    units = [next(a for a in cmd if a.startswith("-DWANDAPP_")) for cmd in cmds]
+    assert units == ["-DWANDAPP_COMMON"] + [f"-DWANDAPP_CONFIG={i}" for i in range(cs.CONFIG_COUNT)]
+    assert all("-gencode=arch=compute_90a,code=sm_90a" in cmd for cmd in cmds)
+    assert len({cmd[-1] for cmd in cmds}) == len(cmds)  # one object file each
+
+
+def _fake_toolchain(tmp_path, fail_on: str | None = None):
+    """An nvcc stand-in that writes each -o target and logs its calls, and a CUTLASS tree with the sparse header."""
+    log = tmp_path / "calls.log"
+    nvcc = tmp_path / "cuda" / "bin" / "nvcc"
+    nvcc.parent.mkdir(parents=True)
+    (tmp_path / "cuda" / "lib64").mkdir()
+    fail = f'case "$*" in *{fail_on}*) echo "error: boom" >&2; exit 2;; esac' if fail_on else ""
+    nvcc.write_text(f"""#!/bin/sh
+echo "$*" >> {log}
+[ "$1" = --version ] && {{ echo "Cuda compilation tools, release 13.0"; exit 0; }}
+{fail}
+while [ $# -gt 0 ]; do [ "$1" = -o ] && echo built > "$2"; shift; done
+""")
+    nvcc.chmod(nvcc.stat().st_mode | stat.S_IEXEC)
+    header = tmp_path / "cutlass" / "include" / "cutlass" / "transform" / "kernel" / "sm90_sparse_gemm_compressor.hpp"
+    header.parent.mkdir(parents=True)
+    header.write_text("")
+    return nvcc, tmp_path / "cutlass", log
+
+
+def test_build_library_compiles_once_and_caches(tmp_path, monkeypatch):
+    nvcc, cutlass, log = _fake_toolchain(tmp_path)
+    monkeypatch.setenv("CUDACXX", str(nvcc))
+    monkeypatch.setenv("CUTLASS_PATH", str(cutlass))
+    lib = cs.build_library(tmp_path / "cache", jobs=2)
+    assert lib.name == cs.LIBRARY_NAME and lib.read_text() == "built\n"
+    compiles = [line for line in log.read_text().splitlines() if " -c " in line]
+    assert len(compiles) == cs.CONFIG_COUNT + 1
+    assert any("-shared" in line and "-lcudart_static" in line for line in log.read_text().splitlines())
+    assert list(lib.parent.iterdir()) == [lib]  # no object files or half-built library left beside it
+    calls = len(log.read_text().splitlines())
+    assert cs.build_library(tmp_path / "cache") == lib
+    assert len(log.read_text().splitlines()) == calls + 1  # only `nvcc --version`, for the cache key
+
+
+def test_build_library_reports_a_failed_unit_and_leaves_nothing(tmp_path, monkeypatch):
+    nvcc, cutlass, _ = _fake_toolchain(tmp_path, fail_on="WANDAPP_CONFIG=3")
+    monkeypatch.setenv("CUDACXX", str(nvcc))
+    monkeypatch.setenv("CUTLASS_PATH", str(cutlass))
+    with pytest.raises(WandappError, match="nvcc failed on -DWANDAPP_CONFIG=3 .*boom"):
+        cs.build_library(tmp_path / "cache")
+    assert not list((tmp_path / "cache").rglob("*.so"))
+
+
+def test_missing_toolchain_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDACXX", str(tmp_path / "no-nvcc"))
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(WandappError, match="nvcc not found"):
+        cs.find_nvcc()
+    monkeypatch.setenv("CUTLASS_PATH", str(tmp_path))
+    with pytest.raises(WandappError, match="no CUTLASS 3.6\\+ headers"):
+        cs.cutlass_include_dirs()
+
+
+def test_choice_names():
+    assert cs.Choice(2, 4, cs.RASTERS["along_m"]).name() == "2/swizzle4/along_m"

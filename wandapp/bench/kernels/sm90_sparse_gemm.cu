@@ -1,0 +1,224 @@
+// 2:4 sparse fp16 GEMMs for Hopper (sm_90a) from CUTLASS 3's sparse warp-specialized collectives.
+//
+// y (tokens, out) = x (tokens, in) @ W^T, posed to CUTLASS as D (M=out, N=tokens) = A (M, K) @ B (K, N), with A
+// the 2:4 weight (row-major, K contiguous), B = x^T (column-major: x as it comes) and D column-major: y as torch
+// wants it, so no transpose runs on either side. C is void (beta = 0, nothing read).
+//
+// Exposed through a C ABI for ctypes (wandapp/bench/cutlass_sparse.py): size queries, the compressor (CUTLASS's
+// own, on the GPU) and one GEMM entry point per config. A config's K tile fixes the compressed layout (its
+// "family"): a weight is compressed once per family, whatever config of it wins.
+//
+// Built by wandapp.bench.cutlass_sparse.build_library with nvcc -gencode arch=compute_90a,code=sm_90a. One
+// config per translation unit (-DWANDAPP_CONFIG=i) keeps the build parallel; -DWANDAPP_COMMON builds the rest.
+
+#include <cstdint>
+#include <cuda_runtime.h>
+
+#include "cutlass/cutlass.h"
+#include "cute/tensor.hpp"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "cutlass/transform/device/transform_universal_adapter.hpp"
+#include "cutlass/transform/kernel/sparse_gemm_compressor.hpp"
+#include "cutlass/util/packed_stride.hpp"
+
+using namespace cute;
+
+namespace wandapp_sm90 {
+
+using Element = cutlass::half_t;
+using Accumulator = float;
+using LayoutA = cutlass::layout::RowMajor;     // W (out, in)
+using LayoutB = cutlass::layout::ColumnMajor;  // x (tokens, in) read as B (in, tokens)
+using LayoutD = cutlass::layout::ColumnMajor;  // y (tokens, out) written as D (out, tokens)
+constexpr int kAlign = 8;                      // 16 bytes of fp16
+using ProblemShape = Shape<int, int, int, int>;
+
+template <class Tile, class Cluster, class MainSchedule, class EpiSchedule>
+struct Config {
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, Tile, Cluster,
+      cutlass::epilogue::collective::EpilogueTileAuto, Accumulator, Accumulator,
+      void, LayoutD, kAlign, Element, LayoutD, kAlign, EpiSchedule>::CollectiveOp;
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, Element, LayoutA, kAlign, Element, LayoutB, kAlign,
+      Accumulator, Tile, Cluster,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      MainSchedule>::CollectiveOp;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, Mainloop, Epilogue>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+};
+
+using namespace cutlass::gemm;
+using Coop = KernelTmaWarpSpecializedCooperative;
+using Ping = KernelTmaWarpSpecializedPingpong;
+using EpiCoop = cutlass::epilogue::TmaWarpSpecializedCooperative;
+using EpiPing = cutlass::epilogue::TmaWarpSpecialized;
+
+// The configs, in index order. M is the weight's rows, N the tokens. The K tile fixes the compressed layout:
+// configs 0-7 share family 0 (K tile 128), 8-11 family 1 (K tile 64, more pipeline stages).
+using Config0 = Config<Shape<_128, _128, _128>, Shape<_1, _2, _1>, Coop, EpiCoop>;
+using Config1 = Config<Shape<_128, _256, _128>, Shape<_1, _1, _1>, Coop, EpiCoop>;
+using Config2 = Config<Shape<_256, _128, _128>, Shape<_1, _1, _1>, Coop, EpiCoop>;
+using Config3 = Config<Shape<_256, _128, _128>, Shape<_2, _1, _1>, Coop, EpiCoop>;
+using Config4 = Config<Shape<_128, _128, _128>, Shape<_1, _1, _1>, Ping, EpiPing>;
+using Config5 = Config<Shape<_64, _128, _128>, Shape<_1, _2, _1>, Ping, EpiPing>;
+using Config6 = Config<Shape<_64, _256, _128>, Shape<_1, _1, _1>, Ping, EpiPing>;
+using Config7 = Config<Shape<_128, _128, _128>, Shape<_2, _1, _1>, Coop, EpiCoop>;
+using Config8 = Config<Shape<_256, _128, _64>, Shape<_1, _1, _1>, Coop, EpiCoop>;
+using Config9 = Config<Shape<_128, _256, _64>, Shape<_1, _1, _1>, Coop, EpiCoop>;
+using Config10 = Config<Shape<_256, _128, _64>, Shape<_2, _1, _1>, Coop, EpiCoop>;
+using Config11 = Config<Shape<_128, _128, _64>, Shape<_1, _1, _1>, Ping, EpiPing>;
+[[maybe_unused]] constexpr int kConfigs = 12;
+constexpr int kFamilyOf[kConfigs] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1};
+
+// The compressed layout of each family, and CUTLASS's GPU compressor for it.
+template <int Family>
+using SparseConfigOf = typename std::conditional_t<Family == 0, Config0, Config8>::Mainloop::SparseConfig;
+using StrideA = cutlass::gemm::TagToStrideA_t<LayoutA>;
+template <int Family>
+using Compressor = cutlass::transform::device::TransformUniversalAdapter<
+    cutlass::transform::kernel::StructuredSparseCompressor<ProblemShape, Element, LayoutA, SparseConfigOf<Family>,
+                                                          cutlass::arch::Sm90>>;
+template <int Family>
+using CompressorUtility =
+    cutlass::transform::kernel::StructuredSparseCompressorUtility<ProblemShape, Element, LayoutA,
+                                                                  SparseConfigOf<Family>>;
+
+inline int sm_count() {
+  int device = 0;
+  cudaGetDevice(&device);
+  return cutlass::KernelHardwareInfo::query_device_multiprocessor_count(device);
+}
+
+template <int Family>
+CompressorUtility<Family> utility_for(int m, int k) {
+  ProblemShape shape{m, 1, k, 1};
+  return CompressorUtility<Family>(shape, cutlass::make_cute_packed_stride(StrideA{}, make_shape(m, k, 1)));
+}
+
+template <int Family>
+typename Compressor<Family>::Arguments compress_arguments(const void* weight, void* values, void* meta, int m,
+                                                           int k) {
+  using ElementE = typename std::conditional_t<Family == 0, Config0, Config8>::Mainloop::ElementE;
+  typename Compressor<Family>::Arguments args{
+      ProblemShape{m, 1, k, 1},
+      {static_cast<const Element*>(weight), cutlass::make_cute_packed_stride(StrideA{}, make_shape(m, k, 1)),
+       static_cast<Element*>(values), static_cast<ElementE*>(meta)},
+      {}};
+  args.hw_info.sm_count = weight ? sm_count() : 0;
+  return args;
+}
+
+template <int Family>
+int compress(const void* weight, void* values, void* meta, int m, int k, void* ws, size_t ws_bytes,
+             cudaStream_t stream) {
+  auto args = compress_arguments<Family>(weight, values, meta, m, k);
+  Compressor<Family> op;
+  if (op.can_implement(args) != cutlass::Status::kSuccess) return 1;
+  if (Compressor<Family>::get_workspace_size(args) > ws_bytes) return 1;
+  if (op.initialize(args, ws, stream) != cutlass::Status::kSuccess) return 2;
+  return op.run(stream) == cutlass::Status::kSuccess ? 0 : 3;
+}
+
+template <class C>
+typename C::Gemm::Arguments arguments(const void* values, const void* meta, const void* x, void* y, int m, int n,
+                                      int k, int swizzle, int raster) {
+  using Gemm = typename C::Gemm;
+  using SparseConfig = typename C::Mainloop::SparseConfig;
+  ProblemShape shape{m, n, k, 1};
+  auto stride_b = cutlass::make_cute_packed_stride(typename Gemm::GemmKernel::StrideB{}, make_shape(n, k, 1));
+  auto stride_d = cutlass::make_cute_packed_stride(typename Gemm::GemmKernel::StrideD{}, make_shape(m, n, 1));
+  typename Gemm::Arguments args{
+      cutlass::gemm::GemmUniversalMode::kGemm,
+      shape,
+      {static_cast<const Element*>(values), SparseConfig::fill_layoutA(shape), static_cast<const Element*>(x),
+       stride_b, static_cast<const typename C::Mainloop::ElementE*>(meta), SparseConfig::fill_layoutE(shape)},
+      {{Accumulator(1), Accumulator(0)}, nullptr, stride_d, static_cast<Element*>(y), stride_d}};
+  args.hw_info.sm_count = sm_count();
+  args.scheduler.max_swizzle_size = swizzle;
+  using Raster = cutlass::gemm::kernel::detail::RasterOrderOptions;
+  args.scheduler.raster_order = raster == 1 ? Raster::AlongM : raster == 2 ? Raster::AlongN : Raster::Heuristic;
+  return args;
+}
+
+// 0 on success; 1: the problem is not supported by the config; 2: initialize failed; 3: launch failed.
+template <class C>
+int gemm(const void* values, const void* meta, const void* x, void* y, int m, int n, int k, void* workspace,
+         size_t workspace_bytes, int swizzle, int raster, cudaStream_t stream) {
+  using Gemm = typename C::Gemm;
+  auto args = arguments<C>(values, meta, x, y, m, n, k, swizzle, raster);
+  Gemm op;
+  if (op.can_implement(args) != cutlass::Status::kSuccess) return 1;
+  if (Gemm::get_workspace_size(args) > workspace_bytes) return 1;
+  if (op.initialize(args, workspace, stream) != cutlass::Status::kSuccess) return 2;
+  return op.run(stream) == cutlass::Status::kSuccess ? 0 : 3;
+}
+
+template <class C>
+size_t workspace(int m, int n, int k) {
+  return C::Gemm::get_workspace_size(arguments<C>(nullptr, nullptr, nullptr, nullptr, m, n, k, 1, 0));
+}
+
+}  // namespace wandapp_sm90
+
+#define WANDAPP_ENTRY(I)                                                                                     \
+  extern "C" int wandapp_sm90_sparse_gemm_##I(const void* values, const void* meta, const void* x, void* y,  \
+                                              int m, int n, int k, void* ws, size_t ws_bytes, int swizzle,   \
+                                              int raster, void* stream) {                                   \
+    return wandapp_sm90::gemm<wandapp_sm90::Config##I>(values, meta, x, y, m, n, k, ws, ws_bytes, swizzle,   \
+                                                       raster, static_cast<cudaStream_t>(stream));           \
+  }                                                                                                          \
+  extern "C" size_t wandapp_sm90_sparse_workspace_##I(int m, int n, int k) {                                 \
+    return wandapp_sm90::workspace<wandapp_sm90::Config##I>(m, n, k);                                        \
+  }
+
+#if defined(WANDAPP_CONFIG)
+#define WANDAPP_EXPAND(I) WANDAPP_ENTRY(I)
+WANDAPP_EXPAND(WANDAPP_CONFIG)
+#endif
+
+#if defined(WANDAPP_COMMON)
+static_assert(std::is_same_v<wandapp_sm90::Config2::Mainloop::SparseConfig, wandapp_sm90::SparseConfigOf<0>> &&
+                  std::is_same_v<wandapp_sm90::Config11::Mainloop::SparseConfig, wandapp_sm90::SparseConfigOf<1>>,
+              "a config's K tile must match its family's compressed layout");
+
+extern "C" int wandapp_sm90_sparse_configs() { return wandapp_sm90::kConfigs; }
+
+extern "C" int wandapp_sm90_sparse_config_family(int i) {
+  return i >= 0 && i < wandapp_sm90::kConfigs ? wandapp_sm90::kFamilyOf[i] : -1;
+}
+
+extern "C" const char* wandapp_sm90_sparse_config_name(int i) {
+  static const char* names[wandapp_sm90::kConfigs] = {
+      "128x128x128_c1x2_coop", "128x256x128_c1x1_coop", "256x128x128_c1x1_coop", "256x128x128_c2x1_coop",
+      "128x128x128_c1x1_ping", "64x128x128_c1x2_ping",  "64x256x128_c1x1_ping",  "128x128x128_c2x1_coop",
+      "256x128x64_c1x1_coop",  "128x256x64_c1x1_coop",  "256x128x64_c2x1_coop",  "128x128x64_c1x1_ping"};
+  return i >= 0 && i < wandapp_sm90::kConfigs ? names[i] : nullptr;
+}
+
+// Bytes of the compressed values and of the metadata for a (m, k) 2:4 weight in a family's layout.
+extern "C" void wandapp_sm90_sparse_sizes(int m, int k, int family, uint64_t* value_bytes, uint64_t* meta_bytes) {
+  auto sizes = [&](auto utility) {
+    *value_bytes = utility.get_compressed_tensor_A_bytes();
+    *meta_bytes = utility.get_tensor_E_bytes();
+  };
+  family == 0 ? sizes(wandapp_sm90::utility_for<0>(m, k)) : sizes(wandapp_sm90::utility_for<1>(m, k));
+}
+
+// Compress a row-major (m, k) fp16 2:4 weight on the GPU into a family's layout. 0 on success.
+extern "C" int wandapp_sm90_sparse_compress(const void* weight, void* values, void* meta, int m, int k, int family,
+                                            void* ws, size_t ws_bytes, void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  return family == 0 ? wandapp_sm90::compress<0>(weight, values, meta, m, k, ws, ws_bytes, s)
+                     : wandapp_sm90::compress<1>(weight, values, meta, m, k, ws, ws_bytes, s);
+}
+
+extern "C" size_t wandapp_sm90_sparse_compress_workspace(int m, int k, int family) {
+  using namespace wandapp_sm90;
+  return family == 0 ? Compressor<0>::get_workspace_size(compress_arguments<0>(nullptr, nullptr, nullptr, m, k))
+                     : Compressor<1>::get_workspace_size(compress_arguments<1>(nullptr, nullptr, nullptr, m, k));
+}
+#endif
