@@ -39,9 +39,9 @@ def tune_shape(lib, name, shape, tokens, device):
             err = rel_error(lib.linear(values, meta, x, shape[0], choice), ref)
             ms = median_ms_graph(lambda: lib.linear(values, meta, x, shape[0], choice, out), device, calls=5, iters=7)
         except RuntimeError as e:
-            records.append(dict(choice=choice.name(lib), error=str(e)[-80:]))
+            records.append(dict(choice=choice.name(), error=str(e)[-80:]))
             continue
-        records.append(dict(choice=choice.name(lib), config=choice.config, swizzle=choice.swizzle,
+        records.append(dict(choice=choice.name(), config=choice.config, swizzle=choice.swizzle,
                             raster=choice.raster, ms=ms, speedup=dense_ms / ms, rel_err=err))
     records.sort(key=lambda r: r.get("ms", float("inf")))
     return dict(name=name, out_features=shape[0], in_features=shape[1], tokens=tokens, dense_ms=dense_ms,
@@ -78,7 +78,7 @@ def mlp_products(lib, tokens, best, device, hidden=4096, inter=11008, sustain_s:
         gu = lib.linear(gu_values, gu_meta, x, 2 * inter, gu_choice)
         return lib.linear(d_values, d_meta, F.silu(gu[:, :inter]) * gu[:, inter:], hidden, d_choice)
 
-    rec = dict(tokens=tokens, gate_up=gu_choice.name(lib), down=d_choice.name(lib),
+    rec = dict(tokens=tokens, gate_up=gu_choice.name(), down=d_choice.name(),
                rel_err=rel_error(sparse_mlp(), dense_mlp()))
     for key, fn in (("dense_products_ms", dense_products), ("sparse_products_ms", sparse_products),
                     ("dense_mlp_ms", dense_mlp), ("sparse_mlp_ms", sparse_mlp)):
@@ -144,7 +144,7 @@ def main() -> None:
     device = torch.device("cuda", torch.cuda.current_device())
     t0 = time.perf_counter()
     lib = CutlassSparse(device)
-    print(f"library ready in {time.perf_counter() - t0:.1f} s: {len(lib.config_names)} configs", flush=True)
+    print(f"library ready in {time.perf_counter() - t0:.1f} s: {len(lib.families)} configs", flush=True)
     tokens_list = [int(t) for t in args.tokens.split(",")]
     shapes = [s for s in args.shapes.split(",") if s]
     result = dict(device=torch.cuda.get_device_name(device), torch=torch.__version__, shapes=[], mlp=[])

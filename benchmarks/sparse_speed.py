@@ -78,6 +78,7 @@ def main() -> int:
     ap.add_argument("--no-fuse-mlp", dest="fuse_mlp", action="store_false", help="MLPs per linear")
     ap.add_argument("--no-compile", dest="compile_blocks", action="store_false", help="eager prefill only")
     ap.add_argument("--tune-budget", type=float, default=180.0, help="seconds of tuning at most")
+    ap.add_argument("--cutlass", choices=("auto", "on", "off"), default="auto", help="also tune CUTLASS's sm90 kernels")
     args = ap.parse_args()
     device = torch.device("cuda", torch.cuda.current_device())
     if args.self_check:
@@ -93,7 +94,7 @@ def main() -> int:
     cases = dict(prefill_cases=((1, 512), (1, 2048), (4, 2048)), decode_cases=((1, 512), (16, 512)))
     result = run_bench(model, LLAMA7B_SHAPES, device, **{**cases, **quick}, on_partial=save,
                        layouts=parse_layouts(args.layouts), tune_budget_s=args.tune_budget,
-                       fuse_mlp=args.fuse_mlp, compile_blocks=args.compile_blocks,
+                       fuse_mlp=args.fuse_mlp, compile_blocks=args.compile_blocks, cutlass=args.cutlass,
                        log=lambda m: print(f"[{time.time() - start:.0f} s] {m}", file=sys.stderr, flush=True))
     result["model"] = f"LLaMA-7B-shaped, {args.layers} layers, random 2:4 weights, float16"
     save(result)

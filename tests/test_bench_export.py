@@ -98,7 +98,7 @@ def test_bench_without_gpu_records_skipped(tmp_path, tiny_llama_dir):
     assert main(["bench", "--model", str(tiny_llama_dir), "--output", str(out), "--device", "cpu"]) == 0
     result = json.loads(out.read_text())
     assert result["skipped"] is True and result["reason"] == "no CUDA device"
-    assert result["schema_version"] == 2 and "torch" in result["environment"]
+    assert result["schema_version"] == 3 and "torch" in result["environment"]
 
 
 def test_policy_from_sweep_records():
@@ -134,3 +134,45 @@ def test_speedups_compare_eager_with_eager_and_compiled_with_compiled():
     assert _speedups(rows, "ms", lower_is_better=True) == [
         dict(batch=1, prompt_len=2048, compiled=False, speedup=1.2),
         dict(batch=1, prompt_len=2048, compiled=True, speedup=1.5)]
+
+
+def test_cutlass_context_says_why_it_is_not_used_on_a_cpu():
+    from wandapp.bench.runner import cutlass_context
+
+    logged = []
+    ctx, status = cutlass_context(torch.device("cpu"), torch.float16, "auto", logged.append)
+    assert ctx is None and status.startswith("not used: not a Hopper GPU") and logged
+    assert cutlass_context("cpu", torch.float16, "off") == (None, "off")
+    with pytest.raises(WandappError, match="--cutlass on: not a Hopper GPU"):
+        cutlass_context(torch.device("cpu"), torch.float16, "on")
+
+
+def test_tune_mlp_takes_both_products_from_the_faster_library(monkeypatch):
+    from wandapp.bench import runner
+
+    cut = "cutlass/256x128x128_c1x1_coop/swizzle1/along_m"
+    times = {  # (product, layout) -> ms: cuSPARSELt wins gate_up alone, CUTLASS wins the pair
+        ("gate_up (fused)", "sparseA+y_t"): 1.0, ("gate_up (fused)", cut): 1.1,
+        ("down", "sparseA+x_t+y_t"): 0.9, ("down", cut): 0.5}
+
+    def fake_tune(lt, name, shape, tokens, dtype, device, split_ks, layouts=None, as_run=True, cutlass=None):
+        assert not as_run and cutlass == "ctx"
+        recs = [dict(layout=lay, alg_id=0, split_k=1, sparse_ms=ms) for (n, lay), ms in times.items() if n == name]
+        return sorted(recs, key=lambda r: r["sparse_ms"])
+
+    monkeypatch.setattr(runner, "tune_algorithms", fake_tune)
+    best = runner.tune_mlp(None, 64, 176, torch.float16, "cpu", (2048,), log=lambda m: None, cutlass="ctx")
+    assert best == {2048: ((0, 1, cut), (0, 1, cut))}
+    times[("down", cut)] = 0.95
+    best = runner.tune_mlp(None, 64, 176, torch.float16, "cpu", (2048,), log=lambda m: None, cutlass="ctx")
+    assert best == {2048: ((0, 1, "sparseA+y_t"), (0, 1, "sparseA+x_t+y_t"))}
+
+
+def test_crossover_needs_sparse_to_win_as_product_and_as_layer():
+    from wandapp.bench.linear_sweep import crossover_tokens
+
+    recs = [dict(tokens=t, speedup=s, layer_speedup=l) for t, s, l in
+            ((1, 0.96, 1.10), (16, 1.12, 1.12), (2048, 1.4, 1.3), (8192, 1.5, 1.01))]
+    assert crossover_tokens(recs) is None  # the copy makes the layer lose at 8192
+    recs[-1]["layer_speedup"] = 1.4
+    assert crossover_tokens(recs) == 16  # 1 token: the bare product loses, whatever the layer timing says

@@ -19,7 +19,12 @@ def test_source_defines_the_configs_python_expects():
     assert [int(i) for i in configs] == list(range(cs.CONFIG_COUNT))
     assert f"kConfigs = {cs.CONFIG_COUNT};" in source
     names = re.search(r"names\[wandapp_sm90::kConfigs\] = \{(.*?)\};", source, flags=re.S).group(1)
-    assert len(re.findall(r'"[^"]+"', names)) == cs.CONFIG_COUNT
+    assert tuple(re.findall(r'"([^"]+)"', names)) == cs.CONFIG_NAMES
+    for i, name in enumerate(cs.CONFIG_NAMES):  # a name says its config's tile and schedule
+        tile, cluster, schedule = name.split("_")
+        m, n, k = tile.split("x")
+        line = re.search(rf"^using Config{i} = (.*)$", source, flags=re.M).group(1)
+        assert f"Shape<_{m}, _{n}, _{k}>" in line and {"coop": "Coop", "ping": "Ping"}[schedule] in line
     families = re.search(r"kFamilyOf\[kConfigs\] = \{(.*?)\};", source).group(1)
     assert len(families.split(",")) == cs.CONFIG_COUNT
 
@@ -88,5 +93,11 @@ def test_missing_toolchain_is_a_clear_error(tmp_path, monkeypatch):
         cs.cutlass_include_dirs()
 
 
-def test_choice_names():
-    assert cs.Choice(2, 4, cs.RASTERS["along_m"]).name() == "2/swizzle4/along_m"
+def test_choice_names_round_trip():
+    choice = cs.Choice(2, 4, cs.RASTERS["along_m"])
+    assert choice.name() == "cutlass/256x128x128_c1x1_coop/swizzle4/along_m"
+    assert cs.is_cutlass(choice.name()) and not cs.is_cutlass("sparseA+y_t")
+    assert all(cs.Choice.parse(c.name()) == c for c in
+               [cs.Choice(i, s, r) for i in range(cs.CONFIG_COUNT) for s in (1, 8) for r in (0, 1, 2)])
+    with pytest.raises(ValueError, match="not a CUTLASS kernel choice"):
+        cs.Choice.parse("cutlass/999x1x1_c1x1_coop/swizzle1/along_m")

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from conftest import build_tiny_llama
-from wandapp.bench import cslt_ops
+from wandapp.bench import cslt_ops, cutlass_ops
 from wandapp.bench.cusparselt import Layout
 from wandapp.bench.end_to_end import compiled_blocks, restore_dense_linears, swap_in_sparse_linears
 from wandapp.bench.mlp_sweep import GatedMLP
@@ -23,6 +23,10 @@ from wandapp.bench.synthetic import prune_2of4_
 
 LINEAR = lambda out_f, in_f: (16, 0, 1, "sparseB+y_t")  # noqa: E731  sparse from 16 tokens, a non-default layout
 FUSED = lambda hidden, inter: (16, (0, 1, "sparseA+y_t"), (0, 1, "sparseA+x_t+y_t"))  # noqa: E731
+CUTLASS = "cutlass/256x128x128_c1x1_coop/swizzle4/along_m"  # a CUTLASS kernel choice, as the tuner names one
+CUTLASS_LINEAR = lambda out_f, in_f: (16, 0, 1, CUTLASS)  # noqa: E731
+CUTLASS_FUSED = lambda hidden, inter: (16, (0, 1, CUTLASS), (0, 1, "cutlass/128x256x64_c1x1_coop/swizzle1/along_n"))  # noqa: E731
+POLICIES = {"cusparselt": (LINEAR, FUSED), "cutlass": (CUTLASS_LINEAR, CUTLASS_FUSED)}
 
 
 def _pruned_tiny_llama():
@@ -62,10 +66,31 @@ def test_sparse_linear_sparse_path_matches_dense(tokens):
     torch.testing.assert_close(sparse(x), lin(x))
 
 
+def test_cutlass_op_reference_and_fake_kernels():
+    w, x = torch.randn(24, 40, dtype=torch.float64), torch.randn(45, 40, dtype=torch.float64)
+    values, meta = cutlass_ops.compress(w, CUTLASS, reference=True)
+    y = torch.ops.wandapp.cutlass_mm(values, meta, x, 24, CUTLASS)
+    assert y.shape == (45, 24) and y.is_contiguous()  # token-major, no padding to cut
+    torch.testing.assert_close(y, x @ w.t())
+    torch.library.opcheck(torch.ops.wandapp.cutlass_mm.default, (values, meta, x, 24, CUTLASS))
+
+
+def test_sparse_linear_on_a_cutlass_choice_matches_dense():
+    lin = nn.Linear(40, 24, bias=True)
+    with torch.no_grad():
+        random_2of4_(lin.weight)
+    sparse = SparseLinear(lin, min_sparse_tokens=16, layout=CUTLASS, reference=True)
+    assert sparse.layout is None and sparse.meta is not None
+    x = torch.randn(2, 45, 40)
+    torch.testing.assert_close(sparse(x), lin(x))
+    assert "cutlass/" in repr(sparse)
+
+
+@pytest.mark.parametrize("backend", POLICIES)
 @pytest.mark.parametrize("tokens", [32, 45])
-def test_fused_gated_mlp_matches_the_dense_mlp(tokens):
+def test_fused_gated_mlp_matches_the_dense_mlp(tokens, backend):
     mlp = _gated_mlp()
-    fused = SparseGatedMLP(mlp, min_sparse_tokens=16, reference=True)
+    fused = SparseGatedMLP(mlp, *POLICIES[backend][1](32, 48), reference=True)
     x = torch.randn(1, tokens, 32)
     assert fused.kernel_for(tokens) == "sparse"
     assert fused.compressed_gate_up.shape == (96, 32)  # gate and up stacked: one product
@@ -79,6 +104,8 @@ def test_fused_gated_mlp_refuses_a_layout_that_does_not_chain():
         SparseGatedMLP(_gated_mlp(), 16, gate_up=(0, 1, "sparseA"), reference=True)
     with pytest.raises(ValueError, match="not a gated MLP"):
         SparseGatedMLP(nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="both run on cuSPARSELt or both on CUTLASS"):
+        SparseGatedMLP(_gated_mlp(), 16, gate_up=(0, 1, CUTLASS), reference=True)
 
 
 def test_layout_candidates_for_the_two_fused_products():
@@ -87,12 +114,13 @@ def test_layout_candidates_for_the_two_fused_products():
     assert [lay.name() for lay in down_layouts(layouts)] == ["sparseA+x_t+y_t", "sparseB+x_t", "sparseB+x_t+y_t+col"]
 
 
-def test_swap_runs_the_model_sparse_and_restore_gives_it_back():
+@pytest.mark.parametrize("backend", POLICIES)
+def test_swap_runs_the_model_sparse_and_restore_gives_it_back(backend):
     model = _pruned_tiny_llama()
     ids = torch.randint(0, model.config.vocab_size, (2, 24))
     with torch.inference_mode():
         reference = model(input_ids=ids).logits
-    report = swap_in_sparse_linears(model, LINEAR, FUSED, reference=True)
+    report = swap_in_sparse_linears(model, *POLICIES[backend], reference=True)
     assert set(report.values()) == {"sparse", "sparse (fused MLP)"}
     assert sum(v == "sparse (fused MLP)" for v in report.values()) == 3 * model.config.num_hidden_layers
     block = model.model.layers[0]
@@ -112,12 +140,13 @@ def test_a_never_sparse_policy_keeps_every_call_dense():
                if isinstance(m, (SparseLinear, SparseGatedMLP)))
 
 
-def test_compiled_blocks_trace_through_the_op_in_one_graph_and_match_eager():
+@pytest.mark.parametrize("backend", POLICIES)
+def test_compiled_blocks_trace_through_the_op_in_one_graph_and_match_eager(backend):
     from torch._dynamo.utils import counters
 
     model = _pruned_tiny_llama()
     ids = torch.randint(0, model.config.vocab_size, (1, 32))
-    swap_in_sparse_linears(model, LINEAR, FUSED, reference=True)
+    swap_in_sparse_linears(model, *POLICIES[backend], reference=True)
     with torch.inference_mode():
         eager = model(input_ids=ids, use_cache=False).logits
         counters.clear()

@@ -34,22 +34,42 @@ log = logging.getLogger(__name__)
 LIBRARY_ENV = "WANDAPP_CUTLASS_SPARSE"  # path of a prebuilt library
 SOURCE = Path(__file__).with_name("kernels") / "sm90_sparse_gemm.cu"
 LIBRARY_NAME = "libwandapp_sm90_sparse.so"
-CONFIG_COUNT = 12  # the configs the source defines (wandapp_sm90_sparse_configs() says the same at run time)
+# The configs the source defines, in index order (tile MxNxK, cluster, schedule); the library reports the same.
+CONFIG_NAMES = ("128x128x128_c1x2_coop", "128x256x128_c1x1_coop", "256x128x128_c1x1_coop", "256x128x128_c2x1_coop",
+                "128x128x128_c1x1_ping", "64x128x128_c1x2_ping", "64x256x128_c1x1_ping", "128x128x128_c2x1_coop",
+                "256x128x64_c1x1_coop", "128x256x64_c1x1_coop", "256x128x64_c2x1_coop", "128x128x64_c1x1_ping")
+CONFIG_COUNT = len(CONFIG_NAMES)
 RASTERS = {"heuristic": 0, "along_m": 1, "along_n": 2}
+PREFIX = "cutlass/"  # a tuned choice's name, in the place of a cuSPARSELt layout name
 
 
 @dataclass(frozen=True)
 class Choice:
-    """One way to run a product: the kernel config index, the tile swizzle and the raster order."""
+    """One way to run a product: the kernel config index, the tile swizzle and the raster order.
 
-    config: int = 0
+    Its name ("cutlass/256x128x128_c1x1_coop/swizzle4/along_m") stands where the tuner writes a cuSPARSELt
+    layout, so one (alg_id, split_k, layout) record describes a product of either library.
+    """
+
+    config: int = 2
     swizzle: int = 1
     raster: int = 0
 
-    def name(self, lib: "CutlassSparse | None" = None) -> str:
-        config = lib.config_names[self.config] if lib else str(self.config)
+    def name(self) -> str:
         raster = next(k for k, v in RASTERS.items() if v == self.raster)
-        return f"{config}/swizzle{self.swizzle}/{raster}"
+        return f"{PREFIX}{CONFIG_NAMES[self.config]}/swizzle{self.swizzle}/{raster}"
+
+    @staticmethod
+    def parse(text: str) -> "Choice":
+        try:
+            config, swizzle, raster = text.removeprefix(PREFIX).split("/")
+            return Choice(CONFIG_NAMES.index(config), int(swizzle.removeprefix("swizzle")), RASTERS[raster])
+        except (ValueError, KeyError):
+            raise ValueError(f"not a CUTLASS kernel choice: {text!r}") from None
+
+
+def is_cutlass(layout_name: str) -> bool:
+    return layout_name.startswith(PREFIX)
 
 
 def find_nvcc() -> str:
@@ -126,8 +146,9 @@ def load_library() -> ctypes.CDLL:
     lib = ctypes.CDLL(path)
     lib.wandapp_sm90_sparse_config_name.restype = ctypes.c_char_p
     lib.wandapp_sm90_sparse_compress_workspace.restype = ctypes.c_size_t
-    if lib.wandapp_sm90_sparse_configs() != CONFIG_COUNT:
-        raise WandappError(f"{path} holds {lib.wandapp_sm90_sparse_configs()} configs, not {CONFIG_COUNT}: rebuild it")
+    names = tuple(lib.wandapp_sm90_sparse_config_name(i).decode() for i in range(lib.wandapp_sm90_sparse_configs()))
+    if names != CONFIG_NAMES:
+        raise WandappError(f"{path} holds other kernel configs than this wandapp's: rebuild it")
     for i in range(lib.wandapp_sm90_sparse_configs()):
         getattr(lib, f"wandapp_sm90_sparse_workspace_{i}").restype = ctypes.c_size_t
     return lib
@@ -147,9 +168,7 @@ class CutlassSparse:
     def __init__(self, device: torch.device):
         self.device = torch.device(device)
         self.lib = load_library()
-        count = self.lib.wandapp_sm90_sparse_configs()
-        self.config_names = [self.lib.wandapp_sm90_sparse_config_name(i).decode() for i in range(count)]
-        self.families = [self.lib.wandapp_sm90_sparse_config_family(i) for i in range(count)]
+        self.families = [self.lib.wandapp_sm90_sparse_config_family(i) for i in range(CONFIG_COUNT)]
         self._workspace = torch.empty(1 << 20, dtype=torch.uint8, device=self.device)
 
     def _stream(self) -> ctypes.c_void_p:
@@ -187,9 +206,9 @@ class CutlassSparse:
                     ctypes.c_void_p(self._workspace.data_ptr()), ctypes.c_size_t(self._workspace.numel()),
                     choice.swizzle, choice.raster, self._stream())
         if status:
-            raise RuntimeError(f"CUTLASS sparse GEMM {choice.name(self)} at ({out_features}, {tokens}, {k}): "
+            raise RuntimeError(f"CUTLASS sparse GEMM {choice.name()} at ({out_features}, {tokens}, {k}): "
                                f"{_ERRORS.get(status, status)}")
         return y
 
     def choices(self, swizzles=(1, 2, 4, 8), rasters=(1, 2)) -> list[Choice]:
-        return [Choice(c, s, r) for c in range(len(self.config_names)) for s in swizzles for r in rasters]
+        return [Choice(c, s, r) for c in range(CONFIG_COUNT) for s in swizzles for r in rasters]

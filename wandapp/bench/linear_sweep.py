@@ -46,14 +46,16 @@ def rel_error(y, ref) -> float:
     return float((y - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
-def time_shape(name, shape, tokens_list, dtype, device, layout="out_t", lt=None, alg_for=None, eager=False):
+def time_shape(name, shape, tokens_list, dtype, device, layout="out_t", lt=None, alg_for=None, eager=False,
+               cutlass=None):
     """Records {shape, tokens, dense_ms, sparse_ms, speedup, alg_id, rel_err} for one weight shape.
 
     With `lt` (a CusparseLt context) the sparse product uses cached plans;
-    `alg_for(tokens) -> (alg_id, split_k, layout name)`.
+    `alg_for(tokens) -> (alg_id, split_k, layout name)`, where a CUTLASS choice name runs on `cutlass`.
     Without it, torch._cslt_sparse_mm in the given layout, default algorithm.
     """
     from .cusparselt import Layout, TORCH_LAYOUT
+    from .cutlass_sparse import Choice, is_cutlass
 
     gen = torch.Generator(device).manual_seed(0)
     weight, _ = make_operands(shape, 1, dtype, device, gen)
@@ -62,7 +64,13 @@ def time_shape(name, shape, tokens_list, dtype, device, layout="out_t", lt=None,
     for tokens in tokens_list:
         x = torch.randn(tokens, shape[1], dtype=dtype, device=device, generator=gen)
         alg_id, split_k, layout_name = alg_for(tokens) if alg_for else (0, 1, TORCH_LAYOUT.name())
-        if lt:
+        if lt and is_cutlass(layout_name):
+            choice = Choice.parse(layout_name)
+            family = cutlass.families[choice.config]
+            if family not in compressed:
+                compressed[family] = cutlass.compress(weight, family)
+            sparse = lambda: cutlass.linear(*compressed[family], x, shape[0], choice)  # noqa: E731
+        elif lt:
             lay = Layout.parse(layout_name)
             if lay not in compressed:
                 compressed[lay] = lt.compress(weight, lay)
@@ -78,7 +86,8 @@ def time_shape(name, shape, tokens_list, dtype, device, layout="out_t", lt=None,
         # What SparseLinear runs: the kernel plus one copy to a contiguous (tokens, out) output.
         layer_ms = median_ms_graph(lambda: contiguous(sparse()), device)
         rec = dict(name=name, out_features=shape[0], in_features=shape[1], tokens=tokens, dtype=str(dtype)[6:],
-                   backend="cusparselt-cached-plan" if lt else f"torch-cslt-{layout}", alg_id=alg_id,
+                   backend=("cutlass-sm90" if is_cutlass(layout_name) else "cusparselt-cached-plan") if lt
+                   else f"torch-cslt-{layout}", alg_id=alg_id,
                    layout=layout_name if lt else layout,
                    split_k=split_k, dense_ms=dense_ms, sparse_ms=sparse_ms, speedup=dense_ms / sparse_ms,
                    sparse_layer_ms=layer_ms, layer_speedup=dense_ms / layer_ms,
@@ -92,20 +101,35 @@ def time_shape(name, shape, tokens_list, dtype, device, layout="out_t", lt=None,
 
 
 def tune_algorithms(lt, name, shape, tokens, dtype, device, split_ks=(1,), max_algs=None, layouts=None,
-                    as_run: bool = True):
-    """Time every layout x algorithm id (x split-k) for one shape and token count; records, fastest first.
+                    as_run: bool = True, cutlass=None):
+    """Time every layout x algorithm id (x split-k) for one shape and token count, and with `cutlass` (a
+    CutlassSparse) every CUTLASS kernel choice too; records, fastest first.
 
     as_run: time the layer as SparseLinear runs it: the product plus, for a layout that writes (out, tokens),
     the copy to a contiguous (tokens, out) output. Otherwise the product alone on operands as the layout stores
     them (for a module that keeps its activations in that layout). max_algs=None tries every algorithm id:
     on the H100 the fastest was id 25 of 0-27 for most shapes (1.4-1.5x where id 0 gave 0.9-1.3x at 2048 tokens).
+    CUTLASS records carry the choice's name as their layout (their output is (tokens, out) already).
     """
     from .cusparselt import TORCH_LAYOUT
+    from .cutlass_sparse import Choice, is_cutlass
 
     gen = torch.Generator(device).manual_seed(1)
     weight, x = make_operands(shape, tokens, dtype, device, gen)
     ref = F.linear(x, weight)
     records = []
+
+    def timed(layout_name, alg_id, split_k, product, fn):
+        head = dict(name=name, tokens=tokens, layout=layout_name, alg_id=alg_id, split_k=split_k)
+        try:
+            err = rel_error(product(), ref)
+            ms = median_ms_graph(fn, device, calls=5, iters=7)
+        except RuntimeError as e:  # a split-k, algorithm or kernel config some layouts or shapes refuse
+            return records.append(dict(head, error=str(e)[:120]))
+        if err > 1e-2:  # a wrong product never wins
+            return records.append(dict(head, error=f"rel_err {err:.3g}"))
+        records.append(dict(head, out_features=shape[0], in_features=shape[1], sparse_ms=ms, rel_err=err))
+
     for layout in layouts or (TORCH_LAYOUT,):
         try:
             compressed = lt.compress(weight, layout)
@@ -118,32 +142,44 @@ def tune_algorithms(lt, name, shape, tokens, dtype, device, split_ks=(1,), max_a
         for alg_id in range(last + 1):
             for split_k in split_ks:
                 product = lambda: lt.linear(compressed, x, shape[0], alg_id, split_k, layout)  # noqa: E731
-                try:
-                    if as_run:
-                        fn = lambda: contiguous(product())  # noqa: E731
-                    else:
+                if as_run:
+                    fn = lambda: contiguous(product())  # noqa: E731
+                else:
+                    try:
                         plan = lt.plan(shape[0], shape[1], tokens, dtype, alg_id, split_k, layout)
-                        fn = lambda: plan.run(compressed, x_stored)  # noqa: E731
-                    err = rel_error(product(), ref)
-                    ms = median_ms_graph(fn, device, calls=5, iters=7)
-                except RuntimeError as e:  # a split-k or algorithm some layouts refuse
-                    records.append(dict(name=name, tokens=tokens, layout=layout.name(), alg_id=alg_id,
-                                        split_k=split_k, error=str(e)[:120]))
-                    continue
-                if err > 1e-2:  # a wrong product never wins
-                    records.append(dict(name=name, tokens=tokens, layout=layout.name(), alg_id=alg_id,
-                                        split_k=split_k, error=f"rel_err {err:.3g}"))
-                    continue
-                records.append(dict(name=name, out_features=shape[0], in_features=shape[1], tokens=tokens,
-                                    layout=layout.name(), alg_id=alg_id, split_k=split_k, sparse_ms=ms, rel_err=err))
+                    except RuntimeError as e:
+                        records.append(dict(name=name, tokens=tokens, layout=layout.name(), alg_id=alg_id,
+                                            split_k=split_k, error=str(e)[:120]))
+                        continue
+                    fn = lambda: plan.run(compressed, x_stored)  # noqa: E731
+                timed(layout.name(), alg_id, split_k, product, fn)
+    if cutlass is not None and dtype == torch.float16:
+        packed = {family: cutlass.compress(weight, family) for family in set(cutlass.families)}
+        out = torch.empty_like(ref)
+
+        def time_choices(choices):
+            for choice in choices:
+                values, meta = packed[cutlass.families[choice.config]]
+                timed(choice.name(), 0, 1, lambda: cutlass.linear(values, meta, x, shape[0], choice),
+                      lambda: cutlass.linear(values, meta, x, shape[0], choice, out))
+
+        # Two rounds: every config in both raster orders, then the tile swizzles of the three fastest configs.
+        time_choices(cutlass.choices(swizzles=(1,)))
+        ranked = sorted((r for r in records if "sparse_ms" in r and is_cutlass(r["layout"])), key=lambda r: r["sparse_ms"])
+        top = list(dict.fromkeys(Choice.parse(r["layout"]).config for r in ranked))[:3]
+        time_choices([c for c in cutlass.choices(swizzles=(2, 4, 8)) if c.config in top])
     return sorted(records, key=lambda r: r.get("sparse_ms", float("inf")))
 
 
 def crossover_tokens(records, margin: float = 1.02) -> int | None:
-    """Smallest token count from which sparse beats dense by `margin` at every larger count measured; None if never."""
+    """Smallest token count from which sparse beats dense by `margin` at every larger count measured; None if never.
+
+    Sparse must win both as the bare product and as the layer runs (output copy included): two timings of the
+    same CUTLASS kernel differed by 15% at one token on the H100, enough to send decode to the slower kernel.
+    """
     best = None
     for rec in sorted(records, key=lambda r: r["tokens"], reverse=True):
-        if rec.get("layer_speedup", rec["speedup"]) < margin:  # the layer as run, output copy included
+        if min(rec["speedup"], rec.get("layer_speedup", rec["speedup"])) < margin:
             break
         best = rec["tokens"]
     return best

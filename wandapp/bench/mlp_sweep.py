@@ -1,7 +1,7 @@
 """A whole gated MLP, dense against the fused 2:4 module (SparseGatedMLP), over token counts.
 
 Two figures per token count: the MLP's matrix products alone (gate, up and down with cuBLAS against the fused
-gate+up and the down product with cuSPARSELt, inputs as each stores them), and the module as run (activation
+gate+up and the down product with cuSPARSELt or CUTLASS, inputs as each stores them), and the module as run (activation
 and output copy included). Both are CUDA-graph replay medians.
 """
 
@@ -54,6 +54,9 @@ def time_mlp(hidden: int, inter: int, tokens_list, dtype, device, choose) -> lis
             return F.linear(x, w_gate), F.linear(x, w_up), F.linear(h, w_down)
 
         def sparse_products():
+            if sparse.cutlass:  # both token-major: x and h as they come
+                return (ops.cutlass_mm(sparse.compressed_gate_up, sparse.meta_gate_up, x, 2 * inter, gate_up[2]),
+                        ops.cutlass_mm(sparse.compressed_down, sparse.meta_down, h, hidden, down[2]))
             return (ops.cslt_mm(sparse.compressed_gate_up, x, 2 * inter, *gate_up),
                     ops.cslt_mm(sparse.compressed_down, h_t, hidden, *down))
 

@@ -1,4 +1,5 @@
-"""The whole benchmark: tune cuSPARSELt, sweep linear shapes, derive the dense/sparse policy, time end to end."""
+"""The whole benchmark: tune cuSPARSELt (and CUTLASS on Hopper), sweep linear shapes, derive the dense/sparse
+policy, time end to end."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from .linear_sweep import DEFAULT_TOKENS, crossover_tokens, time_shape, tune_alg
 from .cusparselt import DEFAULT_LAYOUTS, TORCH_LAYOUT, parse_layouts
 from .mlp_sweep import time_mlp
 from .sparse_linear import NEVER
+from .cutlass_sparse import is_cutlass
 from .sparse_mlp import DOWN_LAYOUT, GATE_UP_LAYOUT, down_layouts, gate_up_layouts
 
 DEFAULT_CHOICE = (0, 1, TORCH_LAYOUT.name())  # (alg_id, split_k, layout): torch's
 DEFAULT_MLP_CHOICE = ((0, 1, GATE_UP_LAYOUT), (0, 1, DOWN_LAYOUT))
 
-SCHEMA_VERSION = 2  # 2: fused MLP records ("mlp"), compiled prefill rows
+SCHEMA_VERSION = 3  # 2: fused MLP records ("mlp"), compiled prefill rows; 3: CUTLASS choices, environment.cutlass
 
 
 def environment(device) -> dict:
@@ -52,8 +54,9 @@ SPLIT_KS = (1,)
 
 
 def tune(lt, shapes, dtype, device, tune_tokens=(2048, 8192), log=print, budget_s: float = 180.0,
-         layouts=None, split_ks=SPLIT_KS) -> dict:
-    """Best (alg_id, split_k, layout) per shape and tuned token count; stops tuning after `budget_s` seconds."""
+         layouts=None, split_ks=SPLIT_KS, cutlass=None) -> dict:
+    """Best (alg_id, split_k, layout) per shape and tuned token count, over cuSPARSELt's layouts and algorithms and,
+    with `cutlass`, the CUTLASS kernels (a choice name as layout); stops tuning after `budget_s` seconds."""
     best = {}
     start = time.time()
     for name, shape in shapes.items():
@@ -61,7 +64,7 @@ def tune(lt, shapes, dtype, device, tune_tokens=(2048, 8192), log=print, budget_
             if time.time() - start > budget_s:
                 log(f"tuning budget spent: {name} at {tokens} tokens keeps the default algorithm")
                 continue
-            recs = tune_algorithms(lt, name, shape, tokens, dtype, device, split_ks, layouts=layouts)
+            recs = tune_algorithms(lt, name, shape, tokens, dtype, device, split_ks, layouts=layouts, cutlass=cutlass)
             ok = [r for r in recs if "sparse_ms" in r]
             errors = [r["error"] for r in recs if "error" in r]
             if errors:
@@ -75,23 +78,29 @@ def tune(lt, shapes, dtype, device, tune_tokens=(2048, 8192), log=print, budget_
 
 
 def tune_mlp(lt, hidden: int, inter: int, dtype, device, tune_tokens=(2048, 8192), log=print, layouts=None,
-             split_ks=SPLIT_KS) -> dict:
+             split_ks=SPLIT_KS, cutlass=None) -> dict:
     """{tokens: (gate_up choice, down choice)}: the fastest (alg_id, split_k, layout) of the fused MLP's two
-    products, each timed alone on operands as SparseGatedMLP stores them."""
+    products, each timed alone on operands as SparseGatedMLP stores them. Both products come from one library:
+    the faster pair of cuSPARSELt's and (with `cutlass`) CUTLASS's."""
     layouts = layouts or parse_layouts(DEFAULT_LAYOUTS)
     best = {}
     for tokens in tune_tokens:
-        picks = []
+        pairs = {"cuSPARSELt": [], "CUTLASS": []}
         for name, shape, candidates in (("gate_up (fused)", (2 * inter, hidden), gate_up_layouts(layouts)),
-                                        ("down (x^T)", (hidden, inter), down_layouts(layouts))):
-            ok = [r for r in tune_algorithms(lt, name, shape, tokens, dtype, device, split_ks, layouts=candidates,
-                                             as_run=False) if "sparse_ms" in r]
-            if not ok:
-                log(f"fused MLP: no layout of {name} ran at {tokens} tokens; the MLP stays per linear")
-                return {}
-            picks.append((ok[0]["alg_id"], ok[0]["split_k"], ok[0]["layout"]))
-            log(f"tuned {name} {shape} at {tokens} tokens: {picks[-1]} {ok[0]['sparse_ms']:.4f} ms")
-        best[tokens] = tuple(picks)
+                                        ("down", (hidden, inter), down_layouts(layouts))):
+            recs = [r for r in tune_algorithms(lt, name, shape, tokens, dtype, device, split_ks, layouts=candidates,
+                                               as_run=False, cutlass=cutlass) if "sparse_ms" in r]
+            for library, picks in pairs.items():
+                ok = [r for r in recs if is_cutlass(r["layout"]) == (library == "CUTLASS")]
+                picks.append(ok[0] if ok else None)
+        timed = {lib: sum(r["sparse_ms"] for r in picks) for lib, picks in pairs.items() if None not in picks}
+        if not timed:
+            log(f"fused MLP: no library ran both products at {tokens} tokens; the MLP stays per linear")
+            return {}
+        library = min(timed, key=timed.get)
+        best[tokens] = tuple((r["alg_id"], r["split_k"], r["layout"]) for r in pairs[library])
+        log(f"tuned fused MLP ({hidden}, {inter}) at {tokens} tokens: {library} {best[tokens]} "
+            f"{timed[library]:.4f} ms; " + ", ".join(f"{lib} {ms:.4f} ms" for lib, ms in timed.items()))
     return best
 
 
@@ -199,27 +208,57 @@ def _speedups(rows, key, lower_is_better):
     return out
 
 
+def cutlass_context(device, dtype, mode: str, log=print):
+    """(CutlassSparse or None, what happened): mode 'auto' uses the CUTLASS kernels where they can run (a Hopper
+    GPU, float16, a library built or found), 'on' insists, 'off' skips them."""
+    from ..errors import WandappError
+    from .cutlass_sparse import available
+
+    if mode == "off":
+        return None, "off"
+    reason = None
+    if not available(torch.device(device)):
+        reason = "not a Hopper GPU (the kernels are sm_90a)"
+    elif dtype != torch.float16:
+        reason = f"the kernels are float16 only, not {str(dtype)[6:]}"
+    else:
+        try:
+            from .cutlass_ops import context_for
+
+            return context_for(device), "used"
+        except (WandappError, OSError) as e:
+            reason = str(e)
+    if mode == "on":
+        raise WandappError(f"--cutlass on: {reason}")
+    log(f"CUTLASS kernels not used: {reason}")
+    return None, f"not used: {reason}"
+
+
 def run_bench(model, shapes, device, dtype=torch.float16, tokens=DEFAULT_TOKENS, prefill_cases=((1, 2048),),
               decode_cases=((1, 512),), decode_steps=64, log=print, on_partial=None,
               tune_tokens=(2048, 8192), layouts=None, tune_budget_s: float = 180.0, fuse_mlp: bool = True,
-              compile_blocks: bool = True) -> dict:
+              compile_blocks: bool = True, cutlass: str = "auto") -> dict:
     """Everything `wandapp bench` writes, as one JSON-ready dict. `layouts`: cuSPARSELt layouts the tuner tries;
-    fuse_mlp: gated MLPs run as SparseGatedMLP; compile_blocks: also time prefill with compiled decoder blocks."""
+    fuse_mlp: gated MLPs run as SparseGatedMLP; compile_blocks: also time prefill with compiled decoder blocks;
+    cutlass: 'auto', 'on' or 'off', whether the tuner also tries the CUTLASS sm90 kernels."""
     from .cslt_ops import context_for
 
     lt = context_for(device)
-    env = dict(environment(device), cusparselt_called=lt.version)  # the library the sparse path calls
+    cutlass_ctx, cutlass_status = cutlass_context(device, dtype, cutlass, log)
+    env = dict(environment(device), cusparselt_called=lt.version, cutlass=cutlass_status)
     result = dict(schema_version=SCHEMA_VERSION, skipped=False, environment=env,
                   dtype=str(dtype)[6:], timing="CUDA events around CUDA-graph replays, median; warm-up first")
-    best = tune(lt, shapes, dtype, device, tune_tokens, log=log, budget_s=tune_budget_s, layouts=layouts)
+    best = tune(lt, shapes, dtype, device, tune_tokens, log=log, budget_s=tune_budget_s, layouts=layouts,
+                cutlass=cutlass_ctx)
     result["tuned_algorithms"] = [dict(out_features=s[0], in_features=s[1], tokens=t, alg_id=a, split_k=k, layout=lay)
                                   for (s, t), (a, k, lay) in best.items()]
     dims = mlp_dims(shapes) if fuse_mlp else None
-    best_mlp = tune_mlp(lt, *dims, dtype, device, tune_tokens, log, layouts) if dims else {}
+    best_mlp = tune_mlp(lt, *dims, dtype, device, tune_tokens, log, layouts, cutlass=cutlass_ctx) if dims else {}
     result["tuned_mlp"] = [dict(tokens=t, gate_up=list(g), down=list(d)) for t, (g, d) in best_mlp.items()]
     linear = []
     for name, shape in shapes.items():
-        linear += time_shape(name, shape, tokens, dtype, device, lt=lt, alg_for=alg_chooser(best, shape))
+        linear += time_shape(name, shape, tokens, dtype, device, lt=lt, alg_for=alg_chooser(best, shape),
+                             cutlass=cutlass_ctx)
         log(f"swept {name} {shape}")
     policy, crossover = make_policy(linear, best)
     for rec in linear:

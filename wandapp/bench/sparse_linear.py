@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cslt_ops  # noqa: F401  (registers torch.ops.wandapp.cslt_mm)
+from . import cslt_ops, cutlass_ops  # (they register torch.ops.wandapp.cslt_mm and cutlass_mm)
 from .cusparselt import TORCH_LAYOUT, Layout, stored_input, token_output
+from .cutlass_sparse import available as cutlass_available, is_cutlass
 from .sparsity import is_2of4
 from .transpose import contiguous
 from ..errors import WandappError
@@ -26,6 +27,18 @@ def choose_kernel(tokens: int, min_sparse_tokens: int) -> str:
 
 def cusparselt_available(device: torch.device) -> bool:
     return device.type == "cuda" and torch.backends.cusparselt.is_available()
+
+
+def kernel_available(layout_name: str, device: torch.device) -> bool:
+    """Whether the library a tuned choice names (cuSPARSELt layout or CUTLASS kernel) runs on the device."""
+    return cutlass_available(device) if is_cutlass(layout_name) else cusparselt_available(device)
+
+
+def compress_for(weight: torch.Tensor, layout_name: str, reference: bool):
+    """(compressed, meta) as the choice's op takes them; meta is None for cuSPARSELt (one buffer holds both)."""
+    if is_cutlass(layout_name):
+        return cutlass_ops.compress(weight, layout_name, reference)
+    return cslt_ops.compress(weight, Layout.parse(layout_name), reference), None
 
 
 def token_major(y: torch.Tensor) -> torch.Tensor:
@@ -48,9 +61,10 @@ def sparse_product(compressed, x2: torch.Tensor, out_features: int, alg_id: int,
 
 
 class SparseLinear(nn.Module):
-    """Drop-in for nn.Linear with a 2:4 weight. `alg_id` and `layout` (cuSPARSELt's) come from the tuner.
+    """Drop-in for nn.Linear with a 2:4 weight. `alg_id`, `split_k` and `layout` come from the tuner: a cuSPARSELt
+    layout name, or a CUTLASS kernel choice ("cutlass/...", which ignores alg_id and split_k).
 
-    reference: use the op's CPU reference kernel (a plain matmul) instead of cuSPARSELt; for tests only.
+    reference: use the op's CPU reference kernel (a plain matmul) instead of the GPU library; for tests only.
     """
 
     def __init__(self, linear: nn.Linear, min_sparse_tokens: int = NEVER, alg_id: int = 0, split_k: int = 1,
@@ -64,12 +78,14 @@ class SparseLinear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
         self.min_sparse_tokens = min_sparse_tokens
         self.alg_id, self.split_k = alg_id, split_k
-        self.layout = Layout.parse(layout) if layout else TORCH_LAYOUT  # how the product is posed to cuSPARSELt
-        compressed = None
-        if (reference or cusparselt_available(weight.device)) and min_sparse_tokens < NEVER:
-            compressed = cslt_ops.compress(weight, self.layout, reference)
-        # A buffer, so that torch.compile's CUDA graphs take it as a static input instead of copying it per call.
+        self.layout_name = layout or TORCH_LAYOUT.name()  # how the product is posed, and to which library
+        self.layout = None if is_cutlass(self.layout_name) else Layout.parse(self.layout_name)
+        compressed = meta = None
+        if (reference or kernel_available(self.layout_name, weight.device)) and min_sparse_tokens < NEVER:
+            compressed, meta = compress_for(weight, self.layout_name, reference)
+        # Buffers, so that torch.compile's CUDA graphs take them as static inputs instead of copying them per call.
         self.register_buffer("compressed", compressed, persistent=False)
+        self.register_buffer("meta", meta, persistent=False)
 
     def kernel_for(self, tokens: int) -> str:
         if self.compressed is None:
@@ -80,13 +96,16 @@ class SparseLinear(nn.Module):
         tokens = x.numel() // self.in_features
         if self.kernel_for(tokens) == "dense":
             return F.linear(x, self.weight, self.bias)
-        y = sparse_product(self.compressed, x.reshape(tokens, self.in_features), self.out_features, self.alg_id,
-                           self.split_k, self.layout)
-        y = token_major(y)
+        x2 = x.reshape(tokens, self.in_features)
+        if self.layout is None:  # CUTLASS: writes (tokens, out) itself
+            y = torch.ops.wandapp.cutlass_mm(self.compressed, self.meta, x2, self.out_features, self.layout_name)
+        else:
+            y = token_major(sparse_product(self.compressed, x2, self.out_features, self.alg_id, self.split_k,
+                                           self.layout))
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return (f"{self.in_features}, {self.out_features}, min_sparse_tokens={self.min_sparse_tokens}, "
-                f"alg_id={self.alg_id}, layout={self.layout.name()}")
+                f"alg_id={self.alg_id}, layout={self.layout_name}")

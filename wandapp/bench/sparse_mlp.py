@@ -4,7 +4,8 @@ gate and up share their input, so they run as one (2 x inter, in) sparse product
 faster than two (H100, LLaMA-7B shapes: 1.50x of dense at 2048 tokens and 1.60x at 8192, against 1.38x and
 1.53x for one alone; benchmarks/results/h100_cslt_layouts_v3.json). Its fast layouts write (features, tokens);
 the activation runs in that layout and down_proj takes the result as its stored x^T, so no copy runs between
-the products, only one at the end.
+the products, only one at the end. With CUTLASS kernels (tuned choices named "cutlass/...") everything stays
+(tokens, features): the kernels read x and write y token-major.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import cslt_ops
 from .cusparselt import Layout, stored_input, token_output
-from .sparse_linear import NEVER, cusparselt_available, token_major
+from .cutlass_sparse import is_cutlass
+from .sparse_linear import NEVER, compress_for, kernel_available, token_major
 from .sparsity import is_2of4
 
 GATE_UP_LAYOUT = "sparseA+y_t"  # defaults; the tuner picks per machine (on the H100 the y_t layouts ran within 2%)
@@ -46,8 +47,8 @@ def down_layouts(layouts: list[Layout]) -> list[Layout]:
 class SparseGatedMLP(nn.Module):
     """Drop-in for a gated MLP; dense (the original module) below `min_sparse_tokens` tokens.
 
-    gate_up, down: (alg_id, split_k, layout name) of the two products, from the tuner. reference: the op's CPU
-    reference kernel instead of cuSPARSELt (tests only).
+    gate_up, down: (alg_id, split_k, layout name) of the two products, from the tuner; both cuSPARSELt layouts
+    or both CUTLASS choices. reference: the ops' CPU reference kernels instead of the GPU libraries (tests only).
     """
 
     def __init__(self, mlp: nn.Module, min_sparse_tokens: int = NEVER, gate_up=(0, 1, GATE_UP_LAYOUT),
@@ -59,17 +60,24 @@ class SparseGatedMLP(nn.Module):
         self.hidden, self.inter = mlp.gate_proj.in_features, mlp.gate_proj.out_features
         self.min_sparse_tokens = min_sparse_tokens
         self.gate_up_alg, self.down_alg = gate_up[:2], down[:2]
-        self.gate_up_layout, self.down_layout = Layout.parse(gate_up[2]), Layout.parse(down[2])
-        if not (self.gate_up_layout.y_t and not self.gate_up_layout.x_t and self.down_layout.x_t):
-            raise ValueError(f"gate_up must write (features, tokens) from natural x and down must take x^T; got "
-                             f"{gate_up[2]} and {down[2]}")
-        gate_up = down = None
-        if (reference or cusparselt_available(mlp.gate_proj.weight.device)) and min_sparse_tokens < NEVER:
+        self.gate_up_name, self.down_name = gate_up[2], down[2]
+        self.cutlass = is_cutlass(gate_up[2])
+        if self.cutlass != is_cutlass(down[2]):
+            raise ValueError(f"gate_up and down must both run on cuSPARSELt or both on CUTLASS; got {gate_up[2]} "
+                             f"and {down[2]}")
+        if not self.cutlass:
+            self.gate_up_layout, self.down_layout = Layout.parse(gate_up[2]), Layout.parse(down[2])
+            if not (self.gate_up_layout.y_t and not self.gate_up_layout.x_t and self.down_layout.x_t):
+                raise ValueError(f"gate_up must write (features, tokens) from natural x and down must take x^T; "
+                                 f"got {gate_up[2]} and {down[2]}")
+        packed = dict(gate_up=(None, None), down=(None, None))
+        if (reference or kernel_available(gate_up[2], mlp.gate_proj.weight.device)) and min_sparse_tokens < NEVER:
             gate_up_weight = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
-            gate_up = cslt_ops.compress(gate_up_weight, self.gate_up_layout, reference)
-            down = cslt_ops.compress(mlp.down_proj.weight.detach(), self.down_layout, reference)
-        self.register_buffer("compressed_gate_up", gate_up, persistent=False)  # buffers: see SparseLinear
-        self.register_buffer("compressed_down", down, persistent=False)
+            packed["gate_up"] = compress_for(gate_up_weight, gate_up[2], reference)
+            packed["down"] = compress_for(mlp.down_proj.weight.detach(), down[2], reference)
+        for name, (compressed, meta) in packed.items():  # buffers: see SparseLinear
+            self.register_buffer(f"compressed_{name}", compressed, persistent=False)
+            self.register_buffer(f"meta_{name}", meta, persistent=False)
 
     # The dense linears stay reachable under their usual names, so the model adapter still finds them.
     gate_proj = property(lambda self: self.dense.gate_proj)
@@ -83,15 +91,23 @@ class SparseGatedMLP(nn.Module):
         tokens = x.numel() // self.hidden
         if self.kernel_for(tokens) == "dense":
             return self.dense(x)
+        if self.cutlass:
+            return self._forward_cutlass(x.reshape(tokens, self.hidden)).reshape(x.shape)
         x2 = stored_input(x.reshape(tokens, self.hidden), self.gate_up_layout)  # padded rows give zero outputs
         gate_up_t = torch.ops.wandapp.cslt_mm(self.compressed_gate_up, x2, 2 * self.inter, *self.gate_up_alg,
-                                              self.gate_up_layout.name())  # (2 inter, padded tokens)
+                                              self.gate_up_name)  # (2 inter, padded tokens)
         h_t = self.dense.act_fn(gate_up_t[: self.inter]) * gate_up_t[self.inter:]  # (inter, tokens): down's x^T
         y = torch.ops.wandapp.cslt_mm(self.compressed_down, h_t, self.hidden, *self.down_alg,
-                                      self.down_layout.name())
+                                      self.down_name)
         y = token_major(token_output(y, self.down_layout, tokens))
         return y.reshape(*x.shape[:-1], self.hidden)
 
+    def _forward_cutlass(self, x2: torch.Tensor) -> torch.Tensor:
+        ops = torch.ops.wandapp
+        gate_up = ops.cutlass_mm(self.compressed_gate_up, self.meta_gate_up, x2, 2 * self.inter, self.gate_up_name)
+        h = self.dense.act_fn(gate_up[:, : self.inter]) * gate_up[:, self.inter:]  # (tokens, inter)
+        return ops.cutlass_mm(self.compressed_down, self.meta_down, h, self.hidden, self.down_name)
+
     def extra_repr(self) -> str:
         return (f"{self.hidden}, {self.inter}, min_sparse_tokens={self.min_sparse_tokens}, gate_up={self.gate_up_alg} "
-                f"{self.gate_up_layout.name()}, down={self.down_alg} {self.down_layout.name()}")
+                f"{self.gate_up_name}, down={self.down_alg} {self.down_name}")

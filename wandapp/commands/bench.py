@@ -25,7 +25,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "bench",
         help="time dense vs 2:4 sparse kernels (per linear shape and end to end) on a GPU",
-        description="Swap a 2:4 pruned model's linears for cuSPARSELt kernels (dense where sparse loses), check "
+        description="Swap a 2:4 pruned model's linears for cuSPARSELt or CUTLASS kernels (dense where sparse loses), check "
         "outputs against the dense model, and time both with CUDA graphs. With no GPU it records a skipped result.",
     )
     p.add_argument("--model", required=True, help="2:4 pruned model (folder, hub id, .gguf)")
@@ -43,6 +43,9 @@ def register(sub) -> None:
                    "of each is timed")
     p.add_argument("--no-fuse-mlp", dest="fuse_mlp", action="store_false",
                    help="run gated MLPs per linear instead of as one fused gate+up product and down_proj")
+    p.add_argument("--cutlass", choices=("auto", "on", "off"), default="auto",
+                   help="also tune CUTLASS's sm90 2:4 kernels (Hopper, float16; built with nvcc and the nvidia-cutlass "
+                   "headers on first use, or WANDAPP_CUTLASS_SPARSE=prebuilt.so): auto uses them where they can run")
     p.add_argument("--no-compile", dest="compile_blocks", action="store_false",
                    help="skip the prefill timings with torch.compile'd decoder blocks (they compile once per shape)")
     shapes = p.add_mutually_exclusive_group()
@@ -84,6 +87,6 @@ def run(args) -> None:
                        prefill_cases=_pairs(args.batch_sizes, args.prompt_lengths),
                        decode_cases=_pairs(args.batch_sizes, "512"), decode_steps=args.decode_tokens,
                        log=log.info, on_partial=lambda r: write_json(args.output, r), layouts=layouts,
-                       fuse_mlp=args.fuse_mlp, compile_blocks=args.compile_blocks)
+                       fuse_mlp=args.fuse_mlp, compile_blocks=args.compile_blocks, cutlass=args.cutlass)
     result["model"] = args.model
     write_json(args.output, result)
