@@ -108,3 +108,23 @@ def test_report_reads_the_bench_and_lora_formats_the_commands_write(tmp_path):
     written = write_report(table, tmp_path / "reports")
     assert (tmp_path / "reports" / "speedup.png") in written
     assert "lora_ppl_after" in (tmp_path / "reports" / "summary.csv").read_text()
+
+
+def test_a_panel_with_one_of_several_methods_puts_its_bar_on_the_tick():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+    from matplotlib import pyplot as plt
+
+    from wandapp.report import _grouped_bars
+
+    table = pd.DataFrame(dict(model=["m", "m"], method=["wanda", "magnitude"], lora=[False, False],
+                              sparsity=["2:4", "0.5"], value=[1.3, None]))
+    fig, ax = plt.subplots()
+    series = [("magnitude", False), ("wanda", False)]
+    _grouped_bars(ax, table, "value", series, {"magnitude": "grey", "wanda": "blue"})
+    bars = [p for p in ax.patches]
+    ticks = dict(zip([t.get_text() for t in ax.get_xticklabels()], ax.get_xticks()))
+    assert len(bars) == 1 and abs(bars[0].get_x() + bars[0].get_width() / 2 - ticks["2:4"]) < 1e-9
+    plt.close(fig)

@@ -239,8 +239,11 @@ def _series(table: pd.DataFrame) -> list[tuple[str, bool]]:
 def _grouped_bars(ax, sub: pd.DataFrame, value: str, series, colours, fmt="{:.3g}", log=False):
     """Bars of `value` per sparsity (x groups) and method (bars), labelled with their values."""
     sparsities = sorted(sub.sparsity.unique(), key=_sparsity_key)
-    width = 0.8 / max(len(series), 1)
-    for i, (method, lora) in enumerate(series):
+    # Only the series with a value in this panel share its groups, so a lone bar sits on its tick.
+    present = [(m, lo) for m, lo in series if value in sub and
+               sub[(sub.method == m) & (sub.lora == lo)][value].notna().any()]
+    width = 0.8 / max(len(present), 1)
+    for i, (method, lora) in enumerate(present):
         rows = sub[(sub.method == method) & (sub.lora == lora)].set_index("sparsity")
         xs, ys = [], []
         for j, s in enumerate(sparsities):
