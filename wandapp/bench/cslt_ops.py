@@ -4,7 +4,7 @@
 compiled graph it is one opaque node, and inductor fuses the model's norms, rotary and activations around it.
 
 The op cannot carry a Python object, so the cuSPARSELt handle and its plan cache are looked up per device
-(`shared_context`), as torch keeps one cuBLAS handle per device.
+(`context_for`, one per device as torch keeps its cuBLAS handles).
 
 On the CPU the op has a reference kernel: "compressed" is then the weight itself as stored (`reference_compress`),
 and the product is a plain matmul in the same layout. It lets CPU tests run the whole sparse plumbing,
@@ -18,17 +18,10 @@ import functools
 import torch
 
 from .cusparselt import CusparseLt, Layout
+from .per_device import per_device
 
 
-@functools.cache
-def shared_context(device_index: int) -> CusparseLt:
-    """The one cuSPARSELt handle (and plan cache) of a CUDA device."""
-    return CusparseLt(torch.device("cuda", device_index))
-
-
-def context_for(device: torch.device) -> CusparseLt:
-    device = torch.device(device)
-    return shared_context(device.index if device.index is not None else torch.cuda.current_device())
+context_for = per_device(CusparseLt)  # the one cuSPARSELt handle (and plan cache) of a CUDA device
 
 
 @functools.cache
