@@ -47,8 +47,8 @@ def _fake_toolchain(tmp_path, fail_on: str | None = None):
     fail = f'case "$*" in *{fail_on}*) echo "error: boom" >&2; exit 2;; esac' if fail_on else ""
     nvcc.write_text(f"""#!/bin/sh
 echo "$*" >> {log}
-[ "$1" = --version ] && {{ echo "Cuda compilation tools, release 13.0"; exit 0; }}
 {fail}
+[ "$1" = --version ] && {{ echo "Cuda compilation tools, release 13.0"; exit 0; }}
 while [ $# -gt 0 ]; do [ "$1" = -o ] && echo built > "$2"; shift; done
 """)
     nvcc.chmod(nvcc.stat().st_mode | stat.S_IEXEC)
@@ -101,3 +101,11 @@ def test_choice_names_round_trip():
                [cs.Choice(i, s, r) for i in range(cs.CONFIG_COUNT) for s in (1, 8) for r in (0, 1, 2)])
     with pytest.raises(ValueError, match="not a CUTLASS kernel choice"):
         cs.Choice.parse("cutlass/999x1x1_c1x1_coop/swizzle1/along_m")
+
+
+def test_a_broken_nvcc_is_a_clear_error(tmp_path, monkeypatch):
+    nvcc, cutlass, _ = _fake_toolchain(tmp_path, fail_on="--version")
+    monkeypatch.setenv("CUDACXX", str(nvcc))
+    monkeypatch.setenv("CUTLASS_PATH", str(cutlass))
+    with pytest.raises(WandappError, match="--version failed"):
+        cs.build_library(tmp_path / "cache")

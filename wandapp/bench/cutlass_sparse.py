@@ -111,7 +111,10 @@ def _cache_root() -> Path:
 def build_library(cache_root: Path | None = None, jobs: int | None = None) -> Path:
     """Compile and link the kernels once; later calls return the cached library."""
     nvcc, includes = find_nvcc(), cutlass_include_dirs()
-    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
+    probe = subprocess.run([nvcc, "--version"], capture_output=True, text=True)
+    if probe.returncode:
+        raise WandappError(f"{nvcc} --version failed: {probe.stderr.strip()[-200:]}")
+    version = probe.stdout
     key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + str(includes[0].resolve()).encode()).hexdigest()[:16]
     target = (cache_root or _cache_root()) / "sm90_sparse" / key / LIBRARY_NAME
     if target.is_file():
@@ -198,6 +201,9 @@ class CutlassSparse:
     def linear(self, values: torch.Tensor, meta: torch.Tensor, x: torch.Tensor, out_features: int,
                choice: Choice = Choice(), out: torch.Tensor | None = None) -> torch.Tensor:
         """x (tokens, in), contiguous fp16 -> y (tokens, out); values and meta compressed for the choice's family."""
+        if x.dtype != torch.float16 or not x.is_contiguous():
+            raise WandappError(f"the CUTLASS sparse kernels take contiguous float16 x, not {x.dtype} "
+                               f"with strides {x.stride()}")
         tokens, k = x.shape
         y = out if out is not None else torch.empty(tokens, out_features, dtype=x.dtype, device=x.device)
         fn = getattr(self.lib, f"wandapp_sm90_sparse_gemm_{choice.config}")
