@@ -176,3 +176,17 @@ def test_crossover_needs_sparse_to_win_as_product_and_as_layer():
     assert crossover_tokens(recs) is None  # the copy makes the layer lose at 8192
     recs[-1]["layer_speedup"] = 1.4
     assert crossover_tokens(recs) == 16  # 1 token: the bare product loses, whatever the layer timing says
+
+
+def test_interleaved_medians_alternate_the_fns_and_take_each_median(monkeypatch):
+    from wandapp.bench import timing
+
+    calls, times = [], {"a": iter([3.0, 1.0, 2.0]), "b": iter([5.0, 9.0, 4.0])}
+
+    def fake_median(fn, device, **kwargs):
+        calls.append(fn())
+        return next(times[calls[-1]])
+
+    monkeypatch.setattr(timing, "median_ms_graph", fake_median)
+    result = timing.interleaved_medians({"a": lambda: "a", "b": lambda: "b"}, "cpu", rounds=3)
+    assert calls == ["a", "b"] * 3 and result == {"a": 2.0, "b": 5.0}

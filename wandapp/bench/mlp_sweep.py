@@ -2,7 +2,7 @@
 
 Two figures per token count: the MLP's matrix products alone (gate, up and down with cuBLAS against the fused
 gate+up and the down product with cuSPARSELt or CUTLASS, inputs as each stores them), and the module as run (activation
-and output copy included). Both are CUDA-graph replay medians.
+and output copy included). Both are CUDA-graph replay medians, dense and sparse alternated over three passes.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from torch import nn
 
 from .linear_sweep import make_operands, rel_error
 from .sparse_mlp import SparseGatedMLP
-from .timing import median_ms_graph
+from .timing import interleaved_medians
 
 
 class GatedMLP(nn.Module):
@@ -34,8 +34,9 @@ def _linear(weight: torch.Tensor) -> nn.Linear:
     return linear
 
 
-def time_mlp(hidden: int, inter: int, tokens_list, dtype, device, choose) -> list[dict]:
-    """Records per token count. choose(tokens) -> (gate_up (alg, split_k, layout), down (alg, split_k, layout))."""
+def time_mlp(hidden: int, inter: int, tokens_list, dtype, device, choose, rounds: int = 3) -> list[dict]:
+    """Records per token count. choose(tokens) -> (gate_up (alg, split_k, layout), down (alg, split_k, layout)).
+    Dense and sparse are timed in `rounds` alternating passes (interleaved_medians)."""
     gen = torch.Generator(device).manual_seed(2)
     weights = [make_operands(shape, 1, dtype, device, gen)[0] for shape in ((inter, hidden), (inter, hidden),
                                                                             (hidden, inter))]
@@ -64,10 +65,9 @@ def time_mlp(hidden: int, inter: int, tokens_list, dtype, device, choose) -> lis
             ref = dense(x)
             rec = dict(hidden=hidden, inter=inter, tokens=tokens, gate_up=list(gate_up), down=list(down),
                        rel_err=rel_error(sparse(x), ref))
-            rec["dense_products_ms"] = median_ms_graph(dense_products, device)
-            rec["sparse_products_ms"] = median_ms_graph(sparse_products, device)
-            rec["dense_mlp_ms"] = median_ms_graph(lambda: dense(x), device)
-            rec["sparse_mlp_ms"] = median_ms_graph(lambda: sparse(x), device)
+            rec.update(interleaved_medians({"dense_products_ms": dense_products, "sparse_products_ms": sparse_products,
+                                            "dense_mlp_ms": lambda: dense(x), "sparse_mlp_ms": lambda: sparse(x)},
+                                           device, rounds))
         rec["products_speedup"] = rec["dense_products_ms"] / rec["sparse_products_ms"]
         rec["mlp_speedup"] = rec["dense_mlp_ms"] / rec["sparse_mlp_ms"]
         records.append(rec)

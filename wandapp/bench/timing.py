@@ -57,3 +57,17 @@ def median_ms_graph(fn: Callable[[], object], device, calls: int = 10, iters: in
         times.append(start.elapsed_time(end) / calls)
     del graph
     return statistics.median(times)
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], device, rounds: int = 3, **kwargs) -> dict[str, float]:
+    """median_ms_graph of each fn, taken in `rounds` alternating passes, then the median per fn.
+
+    Back-to-back products run the H100 into its power limit, and its clock drifts with what ran before (measured
+    1.2-1.4 GHz of 1.98 under sustained load), so timing one fn fully before the other biases their ratio;
+    alternating them spreads the drift over both.
+    """
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(median_ms_graph(fn, device, **kwargs))
+    return {name: statistics.median(values) for name, values in times.items()}
