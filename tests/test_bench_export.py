@@ -190,3 +190,52 @@ def test_interleaved_medians_alternate_the_fns_and_take_each_median(monkeypatch)
     monkeypatch.setattr(timing, "median_ms_graph", fake_median)
     result = timing.interleaved_medians({"a": lambda: "a", "b": lambda: "b"}, "cpu", rounds=3)
     assert calls == ["a", "b"] * 3 and result == {"a": 2.0, "b": 5.0}
+
+
+def _fake_graphs(monkeypatch, runner):
+    """capture_prefill / replay / decode stand-ins: a graph is its (model kind, batch, length); dense 10 ms, sparse 8."""
+    from wandapp.bench.sparse_linear import SparseLinear
+
+    replayed = []
+
+    def capture(model, batch, length, device):
+        kind = "sparse" if any(isinstance(m, SparseLinear) for m in model.modules()) else "dense"
+        return (kind, batch, length), None
+
+    def replay(graph, device, iters):
+        replayed.append(graph)
+        return 10.0 if graph[0] == "dense" else 8.0
+
+    monkeypatch.setattr(runner, "capture_prefill", capture)
+    monkeypatch.setattr(runner, "replay_median_ms", replay)
+    monkeypatch.setattr(runner, "decode_tokens_per_s", lambda *a: 100.0)
+    return replayed
+
+
+@pytest.mark.parametrize("compile_fails", [False, True])
+def test_end_to_end_times_each_case_dense_and_sparse_alternately(monkeypatch, compile_fails):
+    from contextlib import contextmanager
+
+    from wandapp.bench import runner
+    from wandapp.bench.synthetic import prune_2of4_
+
+    replayed = _fake_graphs(monkeypatch, runner)
+    if compile_fails:
+        @contextmanager
+        def broken(model):
+            raise RuntimeError("no compiler")
+            yield
+
+        monkeypatch.setattr(runner, "compiled_blocks", broken)
+    model = prune_2of4_(build_tiny_llama()).eval()
+    rows = runner.end_to_end(model, lambda o, i: (16, 0, 1, None), "cpu", ((1, 32), (2, 16)), ((1, 8),),
+                             log=lambda m: None, compile_blocks=True)
+    pairs = [replayed[i:i + 2] for i in range(0, len(replayed), 2)]
+    assert all(d[0] == "dense" and s[0] == "sparse" and d[1:] == s[1:] for d, s in pairs)
+    assert len(replayed) == 3 * 2 * 2 * (1 if compile_fails else 2)  # rounds x cases x models x (eager, compiled)
+    assert {r["compiled"] for r in rows["prefill"]} == ({False} if compile_fails else {False, True})
+    assert all(abs(r["speedup"] - 1.25) < 1e-9 for r in rows["prefill_speedup"])
+    assert ("compile_error" in rows) == compile_fails and ("compiled_logits_rel_err" in rows) != compile_fails
+    assert rows["swapped_linears"] > 0 and rows["logits_rel_err"] < 1e-5  # CPU: the swapped modules run dense
+    assert [r["kernel"] for r in rows["decode"]] == ["dense", "sparse"]
+    assert not any(isinstance(m, SparseLinear) for m in model.modules())  # restored

@@ -11,7 +11,7 @@ from ..adapter import DecoderAdapter
 from .sparse_linear import SparseLinear
 from .sparse_mlp import SparseGatedMLP, is_gated_mlp
 from .sparsity import is_2of4
-from .timing import capture_graph, median_ms_eager, median_ms_graph
+from .timing import capture_graph, median_ms_eager, replay_median_ms
 
 
 def swap_in_sparse_linears(model: nn.Module, policy, mlp_policy=None, reference: bool = False) -> dict[str, str]:
@@ -118,12 +118,25 @@ def random_ids(model, batch: int, length: int, device, seed: int = 0) -> torch.T
 @torch.inference_mode()
 def prefill_ms(model, batch: int, length: int, device, graph: bool = True) -> float:
     """Median ms of one forward over (batch, length) tokens, logits of the last position only (as a server does)."""
+    if graph:
+        return replay_median_ms(capture_prefill(model, batch, length, device)[0], device, iters=10)
     ids = random_ids(model, batch, length, device)
-    fn = lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1)  # noqa: E731
     with unmasked_causal_attention(model):
-        if graph:
-            return median_ms_graph(fn, device, calls=1, iters=10)
-        return median_ms_eager(fn, device, warmup=2, iters=5)
+        return median_ms_eager(lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1), device, warmup=2,
+                               iters=5)
+
+
+@torch.inference_mode()
+def capture_prefill(model, batch: int, length: int, device) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """One prefill forward captured in a CUDA graph, and the input ids it reads on every replay (keep both).
+
+    The graph holds its memory pool, and the swapped-out dense weights stay alive in the sparse modules, so a
+    dense model's graph still replays after the swap: `end_to_end` captures both models, then times them
+    alternately."""
+    ids = random_ids(model, batch, length, device)
+    with unmasked_causal_attention(model):
+        graph = capture_graph(lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1), device)
+    return graph, ids
 
 
 @torch.inference_mode()

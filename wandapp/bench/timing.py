@@ -41,10 +41,9 @@ def capture_graph(fn: Callable[[], object], device, calls: int = 1) -> torch.cud
     return graph
 
 
-def median_ms_graph(fn: Callable[[], object], device, calls: int = 10, iters: int = 15) -> float:
-    """Median per-call time of fn replayed inside a CUDA graph: the device time without Python or plan set-up."""
-    graph = capture_graph(fn, device, calls)
-    for _ in range(2):
+def replay_median_ms(graph: torch.cuda.CUDAGraph, device, iters: int, calls: int = 1, warmup: int = 2) -> float:
+    """Median ms per call over `iters` timed replays of a captured graph holding `calls` calls."""
+    for _ in range(warmup):
         graph.replay()
     torch.cuda.synchronize(device)
     times = []
@@ -55,8 +54,15 @@ def median_ms_graph(fn: Callable[[], object], device, calls: int = 10, iters: in
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / calls)
-    del graph
     return statistics.median(times)
+
+
+def median_ms_graph(fn: Callable[[], object], device, calls: int = 10, iters: int = 15) -> float:
+    """Median per-call time of fn replayed inside a CUDA graph: the device time without Python or plan set-up."""
+    graph = capture_graph(fn, device, calls)
+    ms = replay_median_ms(graph, device, iters, calls)
+    del graph
+    return ms
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], device, rounds: int = 3, **kwargs) -> dict[str, float]:
