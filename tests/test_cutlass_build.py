@@ -73,11 +73,13 @@ def test_build_library_compiles_once_and_caches(tmp_path, monkeypatch):
     assert len(log.read_text().splitlines()) == calls + 1  # only `nvcc --version`, for the cache key
 
 
-def test_build_library_reports_a_failed_unit_and_leaves_nothing(tmp_path, monkeypatch):
-    nvcc, cutlass, _ = _fake_toolchain(tmp_path, fail_on="WANDAPP_CONFIG=3")
+@pytest.mark.parametrize("fail_on, message", [("WANDAPP_CONFIG=3", "nvcc failed on -DWANDAPP_CONFIG=3 .*boom"),
+                                               ("--version", "--version failed: error: boom")])
+def test_a_failing_nvcc_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch, fail_on, message):
+    nvcc, cutlass, _ = _fake_toolchain(tmp_path, fail_on=fail_on)
     monkeypatch.setenv("CUDACXX", str(nvcc))
     monkeypatch.setenv("CUTLASS_PATH", str(cutlass))
-    with pytest.raises(WandappError, match="nvcc failed on -DWANDAPP_CONFIG=3 .*boom"):
+    with pytest.raises(WandappError, match=message):
         cs.build_library(tmp_path / "cache")
     assert not list((tmp_path / "cache").rglob("*.so"))
 
@@ -101,11 +103,3 @@ def test_choice_names_round_trip():
                [cs.Choice(i, s, r) for i in range(cs.CONFIG_COUNT) for s in (1, 8) for r in (0, 1, 2)])
     with pytest.raises(ValueError, match="not a CUTLASS kernel choice"):
         cs.Choice.parse("cutlass/999x1x1_c1x1_coop/swizzle1/along_m")
-
-
-def test_a_broken_nvcc_is_a_clear_error(tmp_path, monkeypatch):
-    nvcc, cutlass, _ = _fake_toolchain(tmp_path, fail_on="--version")
-    monkeypatch.setenv("CUDACXX", str(nvcc))
-    monkeypatch.setenv("CUTLASS_PATH", str(cutlass))
-    with pytest.raises(WandappError, match="--version failed"):
-        cs.build_library(tmp_path / "cache")
