@@ -221,3 +221,21 @@ def test_model_on_cutlass_kernels_matches_dense_eager_and_compiled():
         restore_dense_linears(model)
     for logits in (eager, compiled):
         assert float((logits - dense).norm() / dense.norm()) < 1e-2
+
+
+@cuda
+@cslt
+def test_end_to_end_alternating_graphs_replay_after_the_swap():
+    # The dense graphs are replayed after the sparse modules went in, the compiled pair inside one compile context.
+    from conftest import build_tiny_llama
+    from wandapp.bench.runner import end_to_end
+    from wandapp.bench.synthetic import prune_2of4_
+
+    model = prune_2of4_(build_tiny_llama().to("cuda", torch.float16)).eval()
+    rows = end_to_end(model, lambda o, i: (16, 0, 1, "sparseA+y_t"), torch.device("cuda"), ((1, 64), (2, 32)),
+                      ((1, 16),), decode_steps=4, log=lambda m: None,
+                      mlp_policy=lambda h, i: (16, (0, 1, "sparseA+y_t"), (0, 1, "sparseA+x_t+y_t")))
+    assert "compile_error" not in rows
+    assert len(rows["prefill"]) == 8 and all(r["ms"] > 0 for r in rows["prefill"])
+    assert len(rows["prefill_speedup"]) == 4 and rows["logits_rel_err"] < 1e-2
+    assert rows["compiled_logits_rel_err"] < 1e-2
