@@ -106,10 +106,15 @@ def sustained(fn, device, seconds: float) -> dict:
     graph = capture_graph(fn, device, calls=10)
     samples, done = [], threading.Event()
 
+    reasons = []
+    clock_reasons = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
+        pynvml.nvmlDeviceGetCurrentClocksThrottleReasons  # older NVML bindings
+
     def sample():
         while not done.is_set():
             samples.append((pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM),
                             pynvml.nvmlDeviceGetPowerUsage(handle) / 1000))
+            reasons.append(clock_reasons(handle))
             time.sleep(0.02)
 
     thread = threading.Thread(target=sample)
@@ -130,7 +135,22 @@ def sustained(fn, device, seconds: float) -> dict:
     return dict(ms_per_call=start.elapsed_time(end) / (replays * 10), seconds=seconds,
                 sm_mhz=statistics.median(c for c, _ in late), power_w=statistics.median(p for _, p in late),
                 power_limit_w=pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000,
-                max_sm_mhz=pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM))
+                max_sm_mhz=pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM),
+                app_sm_mhz=pynvml.nvmlDeviceGetApplicationsClock(handle, pynvml.NVML_CLOCK_SM),
+                temperature_c=pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU),
+                clock_limits=_clock_reasons(reasons[len(reasons) // 2:] or reasons))
+
+
+def _clock_reasons(masks: list[int]) -> dict[str, float]:
+    """Share of the samples in which NVML named each reason for holding the SM clock below its maximum."""
+    import pynvml
+
+    names = {n.removeprefix("nvmlClocksEventReason").removeprefix("nvmlClocksThrottleReason"): getattr(pynvml, n)
+             for n in dir(pynvml) if n.startswith(("nvmlClocksEventReason", "nvmlClocksThrottleReason"))
+             and n not in ("nvmlClocksEventReasonAll", "nvmlClocksThrottleReasonAll", "nvmlClocksEventReasonNone",
+                           "nvmlClocksThrottleReasonNone") and isinstance(getattr(pynvml, n), int)}
+    return {name: sum(bool(m & bit) for m in masks) / len(masks) for name, bit in sorted(names.items())
+            if any(m & bit for m in masks)}
 
 
 def main() -> None:
@@ -174,7 +194,8 @@ def main() -> None:
               f"({r['mlp_speedup']:.2f}x); err {r['rel_err']:.1e}")
         for kind, row in r.get("sustained", {}).items():
             print(f"  sustained {kind}: {row['ms_per_call']:.4f} ms/call, SM {row['sm_mhz']} MHz "
-                  f"(max {row['max_sm_mhz']}), {row['power_w']:.0f} W of {row['power_limit_w']:.0f} W")
+                  f"(max {row['max_sm_mhz']}, application {row['app_sm_mhz']}), {row['power_w']:.0f} W of "
+                  f"{row['power_limit_w']:.0f} W, {row['temperature_c']} C, clock held by {row['clock_limits']}")
 
 
 if __name__ == "__main__":
