@@ -183,17 +183,19 @@ def test_interleaved_medians_alternate_the_fns_and_take_each_median(monkeypatch)
 
     calls, times = [], {"a": iter([3.0, 1.0, 2.0]), "b": iter([5.0, 9.0, 4.0])}
 
-    def fake_median(fn, device, **kwargs):
-        calls.append(fn())
-        return next(times[calls[-1]])
+    def fake_replay(graph, device, iters, calls_per_replay=1):
+        calls.append(graph)
+        return next(times[graph])
 
-    monkeypatch.setattr(timing, "median_ms_graph", fake_median)
+    monkeypatch.setattr(timing, "capture_graph", lambda fn, device, calls: fn())  # a "graph" is its fn's name
+    monkeypatch.setattr(timing, "replay_median_ms", fake_replay)
     result = timing.interleaved_medians({"a": lambda: "a", "b": lambda: "b"}, "cpu", rounds=3)
     assert calls == ["a", "b"] * 3 and result == {"a": 2.0, "b": 5.0}
 
 
 def _fake_graphs(monkeypatch, runner):
     """capture_prefill / replay / decode stand-ins: a graph is its (model kind, batch, length); dense 10 ms, sparse 8."""
+    from wandapp.bench import timing
     from wandapp.bench.sparse_linear import SparseLinear
 
     replayed = []
@@ -202,12 +204,12 @@ def _fake_graphs(monkeypatch, runner):
         kind = "sparse" if any(isinstance(m, SparseLinear) for m in model.modules()) else "dense"
         return (kind, batch, length), None
 
-    def replay(graph, device, iters):
+    def replay(graph, device, iters, calls=1):
         replayed.append(graph)
         return 10.0 if graph[0] == "dense" else 8.0
 
     monkeypatch.setattr(runner, "capture_prefill", capture)
-    monkeypatch.setattr(runner, "replay_median_ms", replay)
+    monkeypatch.setattr(timing, "replay_median_ms", replay)
     monkeypatch.setattr(runner, "decode_tokens_per_s", lambda *a: 100.0)
     return replayed
 

@@ -4,7 +4,6 @@ policy, time end to end."""
 from __future__ import annotations
 
 import platform
-import statistics
 import time
 
 import torch
@@ -14,7 +13,7 @@ from .end_to_end import (capture_prefill, compiled_blocks, decode_tokens_per_s, 
 from .linear_sweep import DEFAULT_TOKENS, crossover_tokens, time_shape, tune_algorithms
 from .cusparselt import DEFAULT_LAYOUTS, TORCH_LAYOUT, parse_layouts
 from .mlp_sweep import time_mlp
-from .timing import replay_median_ms
+from .timing import alternating_medians
 from .sparse_linear import NEVER
 from .cutlass_sparse import is_cutlass
 from .sparse_mlp import DOWN_LAYOUT, GATE_UP_LAYOUT, down_layouts, gate_up_layouts
@@ -214,16 +213,12 @@ def _capture_prefills(model, kind: str, compiled: bool, cases, device) -> dict:
 
 
 def _time_prefills(graphs: dict, device, log, rounds: int = 3, iters: int = 5) -> list[dict]:
-    """Rows of median ms per captured prefill: `rounds` passes over all graphs, a case's dense and sparse graphs
-    one after the other in each, then the median of the passes."""
-    times = {key: [] for key in graphs}
-    order = sorted(graphs)  # (compiled, batch, length, kind): each case's dense graph, then its sparse one
-    for _ in range(rounds):
-        for key in order:
-            times[key].append(replay_median_ms(graphs[key][0], device, iters))
+    """Rows of median ms per captured prefill, timed alternately (each case's dense graph, then its sparse one)."""
+    order = sorted(graphs)  # (compiled, batch, length, kind)
+    medians = alternating_medians({key: graphs[key][0] for key in order}, device, rounds, iters)
     rows = []
     for compiled, batch, length, kind in order:
-        ms = statistics.median(times[(compiled, batch, length, kind)])
+        ms = medians[(compiled, batch, length, kind)]
         rows.append(dict(kernel=kind, compiled=compiled, batch=batch, prompt_len=length, ms=ms,
                          tokens_per_s=batch * length / ms * 1000))
         log(f"prefill {kind}{' compiled' if compiled else ''} batch {batch} x {length}: {ms:.2f} ms")

@@ -65,15 +65,23 @@ def median_ms_graph(fn: Callable[[], object], device, calls: int = 10, iters: in
     return ms
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], device, rounds: int = 3, **kwargs) -> dict[str, float]:
-    """median_ms_graph of each fn, taken in `rounds` alternating passes, then the median per fn.
+def interleaved_medians(fns: dict[str, Callable[[], object]], device, rounds: int = 3, calls: int = 10,
+                        iters: int = 15) -> dict[str, float]:
+    """median_ms_graph of each fn, each captured once and then timed in `rounds` alternating passes."""
+    graphs = {name: capture_graph(fn, device, calls) for name, fn in fns.items()}
+    return alternating_medians(graphs, device, rounds, iters, calls)
+
+
+def alternating_medians(graphs: dict, device, rounds: int = 3, iters: int = 15, calls: int = 1) -> dict:
+    """{key: median ms per call} of captured graphs replayed in `rounds` passes over all of them, in the dict's
+    order, then the median of the passes.
 
     Back-to-back products run the H100 into its power limit, and its clock drifts with what ran before (measured
-    1.2-1.4 GHz of 1.98 under sustained load), so timing one fn fully before the other biases their ratio;
+    1.2-1.4 GHz of 1.98 under sustained load), so timing one graph fully before the other biases their ratio;
     alternating them spreads the drift over both.
     """
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict = {key: [] for key in graphs}
     for _ in range(rounds):
-        for name, fn in fns.items():
-            times[name].append(median_ms_graph(fn, device, **kwargs))
-    return {name: statistics.median(values) for name, values in times.items()}
+        for key, graph in graphs.items():
+            times[key].append(replay_median_ms(graph, device, iters, calls))
+    return {key: statistics.median(values) for key, values in times.items()}
