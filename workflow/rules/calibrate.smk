@@ -23,6 +23,6 @@ rule calibrate:
     conda:
         "../../envs/core.yaml"
     shell:
-        "{WANDAPP} calibrate --model {input.model} --calibration {params.calibration}"
+        "wandapp calibrate --model {input.model} --calibration {params.calibration}"
         " --nsamples {wildcards.nsamples} --seqlen {wildcards.seqlen} --seed {wildcards.seed}"
         " {params.data_dir} --output {output} > {log} 2>&1"

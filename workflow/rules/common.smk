@@ -6,6 +6,7 @@
 # {variant} is the sparsity, with the suffix LORA_SUFFIX for the LoRA-tuned model.
 # {sparsity} is the config string with ':' written as '-' ("2:4" -> "2-4"); the dense baseline is dense/0.
 
+import os
 import re
 import shlex
 import shutil
@@ -16,6 +17,7 @@ from snakemake.utils import validate
 
 from wandapp.codeversion import stage_code_hash
 from wandapp.commands.prune import HYPERPARAMETERS as PRUNE_HYPERPARAMETERS
+from wandapp.report import DENSE, LORA_SUFFIX  # the report parses the paths these name
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -29,18 +31,19 @@ def wandapp_command():
     if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
         return f"PYTHONPATH={shlex.quote(workflow.basedir)} python -m wandapp"
     beside = Path(sys.executable).parent / "wandapp"
-    return str(beside) if beside.is_file() else (shutil.which("wandapp") or "wandapp")
+    return shlex.quote(str(beside) if beside.is_file() else (shutil.which("wandapp") or "wandapp"))
 
 
-# Used directly in the rules' shell commands, not as params (`snakemake --lint` flags it): it holds this
-# machine's interpreter path, and as a param a moved checkout or another venv would make every job rerun.
-WANDAPP = wandapp_command()
+# Rules call plain `wandapp`: the shell prefix defines it as a bash function running wandapp_command(). The
+# command holds this machine's interpreter path, so it stays out of params, where a moved checkout or another
+# venv would make every job rerun.
+# (Snakemake formats the prefix like a shell command, so its braces are doubled once more.)
+shell.prefix(f'set -euo pipefail; wandapp() {{{{ {wandapp_command()} "$@"; }}}}; ')
+
 RESULTS = config["results_dir"]
 REPORTS = config["reports_dir"]
 MODELS = config["models"]
 METHODS = {label: (spec or {}) for label, spec in config["methods"].items()}
-DENSE = "dense"
-LORA_SUFFIX = "+lora"
 
 
 wildcard_constraints:
@@ -133,7 +136,7 @@ def variants():
             for sparsity in config["sparsities"]:
                 out.append((model, method, sparsity_label(sparsity)))
                 if config["lora"]["enabled"]:
-                    out.append((model, method, sparsity_label(sparsity) + LORA_SUFFIX))
+                    out.append((model, method, f"{sparsity_label(sparsity)}{LORA_SUFFIX}"))
     return out
 
 

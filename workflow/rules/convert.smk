@@ -19,4 +19,4 @@ rule convert:
     conda:
         "../../envs/core.yaml"
     shell:
-        "{WANDAPP} convert --model {params.source} --dtype {params.dtype} --output {output} > {log} 2>&1"
+        "wandapp convert --model {params.source} --dtype {params.dtype} --output {output} > {log} 2>&1"

@@ -24,6 +24,7 @@ rule report:
         md=f"{REPORTS}/summary.md",
     params:
         code=code_version("report"),
+        reports=lambda wildcards, output: os.path.dirname(output.csv),
     log:
         f"{RESULTS}/logs/report.log",
     threads: threads_of("report")
@@ -32,4 +33,4 @@ rule report:
     conda:
         "../../envs/core.yaml"
     shell:
-        "{WANDAPP} report --results {input} --output {REPORTS} > {log} 2>&1"
+        "wandapp report --results {input} --output {params.reports} > {log} 2>&1"
