@@ -102,12 +102,12 @@ def unmasked_causal_attention(model: nn.Module):
     if before != "sdpa":  # other implementations build their mask the same way in and out of capture
         yield model
         return
-    AttentionInterface.register(UNMASKED_SDPA, sdpa_attention_forward)
-    model.config._attn_implementation = UNMASKED_SDPA
+    AttentionInterface.register(UNMASKED_SDPA, sdpa_attention_forward)  # by name: registering twice is harmless
+    model.set_attn_implementation(UNMASKED_SDPA)
     try:
         yield model
     finally:
-        model.config._attn_implementation = before
+        model.set_attn_implementation(before)
 
 
 def random_ids(model, batch: int, length: int, device, seed: int = 0) -> torch.Tensor:
