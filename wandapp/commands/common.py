@@ -21,3 +21,18 @@ def device_and_dtype(args):
 
     device = resolve_device(args.device)
     return device, args.dtype or default_dtype(device)
+
+
+def add_folder_output(p) -> None:
+    p.add_argument("--output", required=True, help="folder to write (replaced atomically)")
+
+
+def rewrite_model(args, write) -> None:
+    """Load --model in --dtype on the CPU; write(model, tokenizer, folder) fills --output, which appears whole or
+    not at all."""
+    from ..io import atomic_dir
+    from ..models import load_model
+
+    model, tokenizer = load_model(args.model, dtype=args.dtype)
+    with atomic_dir(args.output) as tmp:
+        write(model, tokenizer, tmp)

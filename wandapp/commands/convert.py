@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..io import atomic_dir
+from .common import add_folder_output, rewrite_model
 
 
 def register(sub) -> None:
@@ -14,13 +14,11 @@ def register(sub) -> None:
     )
     p.add_argument("--model", required=True, help="hub id, save_pretrained folder, .gguf file, or 'smollm2'")
     p.add_argument("--dtype", default="float32", help="weight dtype of the saved folder (default float32)")
-    p.add_argument("--output", required=True, help="folder to write (replaced atomically)")
+    add_folder_output(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> None:
-    from ..models import load_model, save_model
+    from ..models import save_model
 
-    model, tokenizer = load_model(args.model, dtype=args.dtype)
-    with atomic_dir(args.output) as tmp:
-        save_model(model, tokenizer, tmp)
+    rewrite_model(args, save_model)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..io import atomic_dir
+from .common import add_folder_output, rewrite_model
 
 
 def register(sub) -> None:
@@ -15,14 +15,11 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="2:4 pruned model (folder, hub id, .gguf)")
     p.add_argument("--format", default="sparse-24-bitmask", choices=["sparse-24-bitmask"])
     p.add_argument("--dtype", default="float16", help="weight dtype written (default float16)")
-    p.add_argument("--output", required=True, help="folder to write (replaced atomically)")
+    add_folder_output(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> None:
     from ..export import export_sparse24
-    from ..models import load_model
 
-    model, tokenizer = load_model(args.model, dtype=args.dtype)
-    with atomic_dir(args.output) as tmp:
-        export_sparse24(model, tokenizer, tmp)
+    rewrite_model(args, export_sparse24)

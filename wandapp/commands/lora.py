@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_data_option, add_model_options, device_and_dtype
+from .common import add_data_option, add_folder_output, add_model_options, device_and_dtype
 
 
 def register(sub) -> None:
@@ -16,7 +16,7 @@ def register(sub) -> None:
                     "saved model keeps the sparsity (and any 2:4 pattern) exactly. Writes a save_pretrained folder "
                     "with lora_report.json (losses, sparsity of every linear before/after merge/after re-mask).")
     add_model_options(p, "pruned model: save_pretrained folder or hub id (from `wandapp prune`)")
-    p.add_argument("--output", required=True, help="folder to write (replaced atomically)")
+    add_folder_output(p)
     p.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps}; Wanda: ~234)")
     p.add_argument("--seqlen", type=int, default=d.seqlen,
                    help=f"tokens per training block and evaluation window (default {d.seqlen}, as Wanda)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .calibrate import add_calibration_options
-from .common import add_model_options, device_and_dtype
+from .common import add_folder_output, add_model_options, device_and_dtype
 
 HYPERPARAMETERS = [
     # flag, type, help (defaults are the paper's; `--preset tuned` swaps in the values tuned on SmolLM2)
@@ -51,7 +51,7 @@ def register(sub) -> None:
     p.add_argument("--activations-on-cpu", action="store_true",
                    help="keep calibration hidden states in CPU memory instead of on the device")
     p.add_argument("--micro-batch", type=int, default=4, help="samples per forward pass (default 4)")
-    p.add_argument("--output", required=True, help="output folder (written atomically)")
+    add_folder_output(p)
     p.set_defaults(func=run)
 
 
