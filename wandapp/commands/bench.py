@@ -60,12 +60,16 @@ def run(args) -> None:
 
     from ..bench.cusparselt import DEFAULT_LAYOUTS, parse_layouts
     from ..bench.runner import model_shapes, run_bench, skipped_result
-    from ..models import load_model, parse_dtype
+    from ..models import load_model, parse_dtype, resolve_model
 
     try:
         layouts = parse_layouts(args.layouts or DEFAULT_LAYOUTS)
     except ValueError as e:
         raise WandappError(str(e)) from None
+    resolve_model(args.model)  # a mistyped path fails here too, not only where a GPU would load it
+    dtype = parse_dtype(args.dtype)
+    if dtype not in (torch.float16, torch.bfloat16):
+        raise WandappError(f"2:4 kernels run in float16 or bfloat16, not {args.dtype}")
     device = torch.device(args.device)
     if device.type != "cuda" or not torch.cuda.is_available():
         write_json(args.output, skipped_result("no CUDA device"))
@@ -75,9 +79,6 @@ def run(args) -> None:
         write_json(args.output, skipped_result("this torch build has no cuSPARSELt"))
         log.warning("no cuSPARSELt in this torch build: wrote a skipped result to %s", args.output)
         return
-    dtype = parse_dtype(args.dtype)
-    if dtype not in (torch.float16, torch.bfloat16):
-        raise WandappError(f"2:4 kernels run in float16 or bfloat16, not {args.dtype}")
     model, _ = load_model(args.model, dtype=dtype, device=device)
     if args.llama7b_shapes:
         from ..bench.linear_sweep import LLAMA7B_SHAPES as shapes
