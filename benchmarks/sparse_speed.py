@@ -1,6 +1,6 @@
 """H100 tables: dense vs 2:4 sparse on LLaMA-7B shapes (random 2:4 weights), per linear and end to end.
 
-    PYTHONPATH=. python benchmarks/sparse_speed.py --out DIR [--layers 32] [--self-check]
+    PYTHONPATH=. python benchmarks/sparse_speed.py --out DIR [--layers 32] [--dtype bfloat16] [--quick] [--self-check]
 
 Prints the tables last; writes DIR/sparse_speed.json (same schema as `wandapp bench`).
 """
@@ -79,6 +79,8 @@ def main() -> int:
     ap.add_argument("--no-compile", dest="compile_blocks", action="store_false", help="eager prefill only")
     ap.add_argument("--tune-budget", type=float, default=180.0, help="seconds of tuning at most")
     ap.add_argument("--cutlass", choices=("auto", "on", "off"), default="auto", help="also tune CUTLASS's sm90 kernels")
+    ap.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16",
+                    help="weights and activations (the CUTLASS kernels are float16 only)")
     args = ap.parse_args()
     device = torch.device("cuda", torch.cuda.current_device())
     if args.self_check:
@@ -88,15 +90,16 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save = lambda r: (out / "sparse_speed.json").write_text(json.dumps(r, indent=1, default=str))  # noqa: E731
-    model = None if args.no_e2e else build_random_2of4_llama(device, torch.float16, num_layers=args.layers)
+    dtype = getattr(torch, args.dtype)
+    model = None if args.no_e2e else build_random_2of4_llama(device, dtype, num_layers=args.layers)
     quick = dict(tokens=(512, 2048, 8192), tune_tokens=(2048,), prefill_cases=((1, 2048),),
                  decode_cases=((1, 512),)) if args.quick else {}
     cases = dict(prefill_cases=((1, 512), (1, 2048), (4, 2048)), decode_cases=((1, 512), (16, 512)))
-    result = run_bench(model, LLAMA7B_SHAPES, device, **{**cases, **quick}, on_partial=save,
+    result = run_bench(model, LLAMA7B_SHAPES, device, dtype, **{**cases, **quick}, on_partial=save,
                        layouts=parse_layouts(args.layouts), tune_budget_s=args.tune_budget,
                        fuse_mlp=args.fuse_mlp, compile_blocks=args.compile_blocks, cutlass=args.cutlass,
                        log=lambda m: print(f"[{time.time() - start:.0f} s] {m}", file=sys.stderr, flush=True))
-    result["model"] = f"LLaMA-7B-shaped, {args.layers} layers, random 2:4 weights, float16"
+    result["model"] = f"LLaMA-7B-shaped, {args.layers} layers, random 2:4 weights, {args.dtype}"
     save(result)
     print_tables(result)
     return 0
