@@ -4,6 +4,8 @@ The kernels themselves run only on Hopper (tests/test_gpu.py); here a stand-in n
 of the compiler and that a library is built once, atomically, and found again.
 """
 
+import ctypes
+import os
 import re
 import stat
 
@@ -103,3 +105,24 @@ def test_choice_names_round_trip():
                [cs.Choice(i, s, r) for i in range(cs.CONFIG_COUNT) for s in (1, 8) for r in (0, 1, 2)])
     with pytest.raises(ValueError, match="not a CUTLASS kernel choice"):
         cs.Choice.parse("cutlass/999x1x1_c1x1_coop/swizzle1/along_m")
+
+
+@pytest.mark.skipif(not os.environ.get("WANDAPP_BUILD_CUTLASS"),
+                    reason="set WANDAPP_BUILD_CUTLASS=1 with nvcc and the CUTLASS headers at hand (CI does; minutes)")
+def test_real_nvcc_builds_a_library_that_loads_without_a_gpu(tmp_path, monkeypatch):
+    # The real compiler and headers: every config must compile for sm_90a and link. The library's host-side
+    # entry points need no GPU, so its configs and the compressed sizes are checked here too.
+    path = cs.build_library(cache_root=tmp_path)
+    assert cs.build_library(cache_root=tmp_path) == path  # found again, not rebuilt
+    monkeypatch.setenv(cs.LIBRARY_ENV, str(path))
+    cs.load_library.cache_clear()
+    try:
+        lib = cs.load_library()  # raises unless the library holds exactly CONFIG_NAMES
+        assert [lib.wandapp_sm90_sparse_config_family(i) for i in range(cs.CONFIG_COUNT)] == [0] * 8 + [1] * 4
+        for family in (0, 1):
+            values, meta = ctypes.c_uint64(), ctypes.c_uint64()
+            lib.wandapp_sm90_sparse_sizes(4096, 11008, family, ctypes.byref(values), ctypes.byref(meta))
+            # half the fp16 values kept (2 bytes each), 2 bits of position per kept value
+            assert (values.value, meta.value) == (4096 * 11008, 4096 * 11008 // 8)
+    finally:
+        cs.load_library.cache_clear()
