@@ -58,7 +58,7 @@ using EpiCoop = cutlass::epilogue::TmaWarpSpecializedCooperative;
 using EpiPing = cutlass::epilogue::TmaWarpSpecialized;
 
 // The configs, in index order. M is the weight's rows, N the tokens. The K tile fixes the compressed layout:
-// configs 0-7 share family 0 (K tile 128), 8-14 family 1 (K tile 64, more pipeline stages).
+// configs 0-7 share family 0 (K tile 128), 8-11 family 1 (K tile 64, more pipeline stages).
 using Config0 = Config<Shape<_128, _128, _128>, Shape<_1, _2, _1>, Coop, EpiCoop>;
 using Config1 = Config<Shape<_128, _256, _128>, Shape<_1, _1, _1>, Coop, EpiCoop>;
 using Config2 = Config<Shape<_256, _128, _128>, Shape<_1, _1, _1>, Coop, EpiCoop>;
@@ -71,14 +71,8 @@ using Config8 = Config<Shape<_256, _128, _64>, Shape<_1, _1, _1>, Coop, EpiCoop>
 using Config9 = Config<Shape<_128, _256, _64>, Shape<_1, _1, _1>, Coop, EpiCoop>;
 using Config10 = Config<Shape<_256, _128, _64>, Shape<_2, _1, _1>, Coop, EpiCoop>;
 using Config11 = Config<Shape<_128, _128, _64>, Shape<_1, _1, _1>, Ping, EpiPing>;
-// N tiles of 192 and 160: fewer shared-memory bytes per FLOP than 128 (A is staged once per wider tile), at the
-// cost of coarser waves when the tokens are not a multiple of the tile.
-using Config12 = Config<Shape<_256, _192, _64>, Shape<_1, _1, _1>, Coop, EpiCoop>;
-using Config13 = Config<Shape<_256, _192, _64>, Shape<_2, _1, _1>, Coop, EpiCoop>;
-using Config14 = Config<Shape<_256, _192, _128>, Shape<_1, _1, _1>, Coop, EpiCoop>;
-using Config15 = Config<Shape<_256, _192, _128>, Shape<_2, _1, _1>, Coop, EpiCoop>;
-[[maybe_unused]] constexpr int kConfigs = 16;
-constexpr int kFamilyOf[kConfigs] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0};
+[[maybe_unused]] constexpr int kConfigs = 12;
+constexpr int kFamilyOf[kConfigs] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1};
 
 // The compressed layout of each family, and CUTLASS's GPU compressor for it.
 template <int Family>
@@ -201,8 +195,7 @@ extern "C" const char* wandapp_sm90_sparse_config_name(int i) {
   static const char* names[wandapp_sm90::kConfigs] = {
       "128x128x128_c1x2_coop", "128x256x128_c1x1_coop", "256x128x128_c1x1_coop", "256x128x128_c2x1_coop",
       "128x128x128_c1x1_ping", "64x128x128_c1x2_ping",  "64x256x128_c1x1_ping",  "128x128x128_c2x1_coop",
-      "256x128x64_c1x1_coop",  "128x256x64_c1x1_coop",  "256x128x64_c2x1_coop",  "128x128x64_c1x1_ping",
-      "256x192x64_c1x1_coop",  "256x192x64_c2x1_coop",  "256x192x128_c1x1_coop", "256x192x128_c2x1_coop"};
+      "256x128x64_c1x1_coop",  "128x256x64_c1x1_coop",  "256x128x64_c2x1_coop",  "128x128x64_c1x1_ping"};
   return i >= 0 && i < wandapp_sm90::kConfigs ? names[i] : nullptr;
 }
 
