@@ -2,7 +2,8 @@
 
     PYTHONPATH=. python benchmarks/cutlass_sparse.py --out DIR [--tokens 512,2048,8192]
 
-Random 2:4 fp16 weights; CUDA-graph replay medians (wandapp.bench.timing). Writes DIR/cutlass_sparse.json and
+Random 2:4 fp16 weights; CUDA-graph replay medians (wandapp.bench.timing), the MLP's dense and sparse timings
+alternated (mlp_sweep.MlpCase, as `wandapp bench` times them). Writes DIR/cutlass_sparse.json and
 prints the tables last. Set WANDAPP_CUTLASS_SPARSE to a prebuilt library, or let it build (nvcc + CUTLASS).
 """
 
@@ -16,8 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from wandapp.bench.cutlass_sparse import CutlassSparse
-from wandapp.bench.linear_sweep import make_operands, rel_error
+from wandapp.bench.cutlass_sparse import Choice, CutlassSparse
+from wandapp.bench.linear_sweep import make_operands, tune_algorithms
+from wandapp.bench.mlp_sweep import MlpCase, random_gated_mlp
 from wandapp.bench.timing import median_ms_graph
 
 SHAPES = {"gate+up fused": (22016, 4096), "gate/up": (11008, 4096), "down": (4096, 11008),
@@ -25,69 +27,33 @@ SHAPES = {"gate+up fused": (22016, 4096), "gate/up": (11008, 4096), "down": (409
 
 
 def tune_shape(lib, name, shape, tokens, device):
-    """Every kernel choice for one shape and token count; the dense time and the records, fastest first."""
-    gen = torch.Generator(device).manual_seed(0)
-    weight, x = make_operands(shape, tokens, torch.float16, device, gen)
-    compressed = {family: lib.compress(weight, family) for family in set(lib.families)}
-    ref = F.linear(x, weight)
+    """Every kernel choice for one shape and token count (linear_sweep.tune_algorithms with CUTLASS alone and no
+    swizzle pruning); the dense time and the records, fastest first."""
+    weight, x = make_operands(shape, tokens, torch.float16, device, torch.Generator(device).manual_seed(1))
     dense_ms = median_ms_graph(lambda: F.linear(x, weight), device)
-    out = torch.empty_like(ref)
     records = []
-    for choice in lib.choices():
-        values, meta = compressed[lib.families[choice.config]]
-        try:
-            err = rel_error(lib.linear(values, meta, x, shape[0], choice), ref)
-            ms = median_ms_graph(lambda: lib.linear(values, meta, x, shape[0], choice, out), device, calls=5, iters=7)
-        except RuntimeError as e:
-            records.append(dict(choice=choice.name(), error=str(e)[-80:]))
+    for rec in tune_algorithms(None, name, shape, tokens, torch.float16, device, layouts=(), cutlass=lib,
+                               cutlass_top=None):
+        if "sparse_ms" not in rec:
+            records.append(dict(choice=rec["layout"], error=rec["error"]))
             continue
-        records.append(dict(choice=choice.name(), config=choice.config, swizzle=choice.swizzle,
-                            raster=choice.raster, ms=ms, speedup=dense_ms / ms, rel_err=err))
-    records.sort(key=lambda r: r.get("ms", float("inf")))
+        choice = Choice.parse(rec["layout"])
+        records.append(dict(choice=rec["layout"], config=choice.config, swizzle=choice.swizzle, raster=choice.raster,
+                            ms=rec["sparse_ms"], speedup=dense_ms / rec["sparse_ms"], rel_err=rec["rel_err"]))
     return dict(name=name, out_features=shape[0], in_features=shape[1], tokens=tokens, dense_ms=dense_ms,
                 dense_tflops=2 * shape[0] * shape[1] * tokens / dense_ms / 1e9, records=records)
 
 
-def mlp_products(lib, tokens, best, device, hidden=4096, inter=11008, sustain_s: float = 0.0):
-    """Dense gate, up and down against the fused sparse gate+up and down, each with its fastest choice."""
-    from wandapp.bench.cutlass_sparse import Choice
-
+def mlp_products(tokens, best, device, hidden=4096, inter=11008, sustain_s: float = 0.0):
+    """The MLP's products and module, dense against the fused sparse gate+up and down with each one's fastest
+    choice, timed alternately (mlp_sweep.MlpCase); then, with sustain_s, each side's products replayed alone."""
+    choices = [(0, 1, best[(name, tokens)]["choice"]) for name in ("gate+up fused", "down")]
     gen = torch.Generator(device).manual_seed(2)
-    gate, up, down = (make_operands(s, 1, torch.float16, device, gen)[0]
-                      for s in ((inter, hidden), (inter, hidden), (hidden, inter)))
-    gu_choice = Choice(**{k: best[("gate+up fused", tokens)][k] for k in ("config", "swizzle", "raster")})
-    d_choice = Choice(**{k: best[("down", tokens)][k] for k in ("config", "swizzle", "raster")})
-    gu_values, gu_meta = lib.compress(torch.cat([gate, up]), lib.families[gu_choice.config])
-    d_values, d_meta = lib.compress(down, lib.families[d_choice.config])
-    x = torch.randn(tokens, hidden, dtype=torch.float16, device=device, generator=gen)
-    h = torch.randn(tokens, inter, dtype=torch.float16, device=device, generator=gen)
-    gu_out = torch.empty(tokens, 2 * inter, dtype=torch.float16, device=device)
-    d_out = torch.empty(tokens, hidden, dtype=torch.float16, device=device)
-
-    def dense_products():
-        return F.linear(x, gate), F.linear(x, up), F.linear(h, down)
-
-    def sparse_products():
-        lib.linear(gu_values, gu_meta, x, 2 * inter, gu_choice, gu_out)
-        lib.linear(d_values, d_meta, h, hidden, d_choice, d_out)
-
-    def dense_mlp():
-        return F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down)
-
-    def sparse_mlp():
-        gu = lib.linear(gu_values, gu_meta, x, 2 * inter, gu_choice)
-        return lib.linear(d_values, d_meta, F.silu(gu[:, :inter]) * gu[:, inter:], hidden, d_choice)
-
-    rec = dict(tokens=tokens, gate_up=gu_choice.name(), down=d_choice.name(),
-               rel_err=rel_error(sparse_mlp(), dense_mlp()))
-    for key, fn in (("dense_products_ms", dense_products), ("sparse_products_ms", sparse_products),
-                    ("dense_mlp_ms", dense_mlp), ("sparse_mlp_ms", sparse_mlp)):
-        rec[key] = median_ms_graph(fn, device)
-    rec["products_speedup"] = rec["dense_products_ms"] / rec["sparse_products_ms"]
-    rec["mlp_speedup"] = rec["dense_mlp_ms"] / rec["sparse_mlp_ms"]
+    case = MlpCase(random_gated_mlp(hidden, inter, torch.float16, device, gen), tokens, *choices, generator=gen)
+    rec = case.record()
     if sustain_s:
         rec["sustained"] = {kind: sustained(fn, device, sustain_s) for kind, fn in
-                            (("dense_products", dense_products), ("sparse_products", sparse_products))}
+                            (("dense_products", case.dense_products), ("sparse_products", case.sparse_products))}
     return rec
 
 
@@ -180,7 +146,7 @@ def main() -> None:
                   flush=True)
     for tokens in tokens_list:
         if ("gate+up fused", tokens) in best and ("down", tokens) in best:
-            result["mlp"].append(mlp_products(lib, tokens, best, device, sustain_s=args.sustain))
+            result["mlp"].append(mlp_products(tokens, best, device, sustain_s=args.sustain))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cutlass_sparse.json").write_text(json.dumps(result, indent=1))
     print("\n| shape | tokens | dense ms | CUTLASS 2:4 ms | speed-up | choice |")
@@ -191,7 +157,7 @@ def main() -> None:
     for r in result["mlp"]:
         print(f"MLP products at {r['tokens']}: {r['dense_products_ms']:.4f} -> {r['sparse_products_ms']:.4f} ms "
               f"({r['products_speedup']:.2f}x); module {r['dense_mlp_ms']:.4f} -> {r['sparse_mlp_ms']:.4f} ms "
-              f"({r['mlp_speedup']:.2f}x); err {r['rel_err']:.1e}")
+              f"({r['mlp_speedup']:.2f}x); err {r['rel_err']:.1e}; gate+up {r['gate_up'][2]}, down {r['down'][2]}")
         for kind, row in r.get("sustained", {}).items():
             print(f"  sustained {kind}: {row['ms_per_call']:.4f} ms/call, SM {row['sm_mhz']} MHz "
                   f"(max {row['max_sm_mhz']}, application {row['app_sm_mhz']}), {row['power_w']:.0f} W of "

@@ -50,7 +50,7 @@ def test_parse_layouts():
     assert len(natural) == 16 and not any(l.x_t for l in natural) and TORCH_LAYOUT in natural
     assert len(parse_layouts("all")) == 32 and len(parse_layouts(DEFAULT_LAYOUTS)) == 3
     assert parse_layouts("sparseB,sparseA+weight_t+y_t") == [Layout("B", y_t=False), Layout("A", weight_t=True)]
-    for bad in ("sparseC", "sparseA+sideways"):
+    for bad in ("sparseC", "sparseA+sideways", "", ","):  # an empty list would leave the tuner no layout
         with pytest.raises(ValueError, match="unknown cuSPARSELt layout"):
             parse_layouts(bad)
 

@@ -10,6 +10,7 @@ import re
 import stat
 
 import pytest
+import torch
 
 from wandapp.bench import cutlass_sparse as cs
 from wandapp.errors import WandappError
@@ -126,3 +127,45 @@ def test_real_nvcc_builds_a_library_that_loads_without_a_gpu(tmp_path, monkeypat
             assert (values.value, meta.value) == (4096 * 11008, 4096 * 11008 // 8)
     finally:
         cs.load_library.cache_clear()
+
+
+class _FakeCutlass:
+    """CutlassSparse's tuning surface on the CPU: exact products, and a made-up time per choice."""
+
+    families = [int(name.split("_")[0].endswith("x64")) for name in cs.CONFIG_NAMES]  # the K tile's layout
+
+    def __init__(self):
+        self.last = None
+
+    def compress(self, weight, family):
+        return weight, None
+
+    def linear(self, values, meta, x, out_features, choice, out=None):
+        self.last = choice
+        return x @ values.t()
+
+    choices = cs.CutlassSparse.choices
+
+    @staticmethod
+    def ms(choice):  # config 9 fastest, then 2, then 1; swizzle 4 helps, along_n a little
+        rank = {9: 1.0, 2: 1.1, 1: 1.2}.get(choice.config, 2.0)
+        return rank - 0.05 * (choice.swizzle == 4) - 0.01 * (choice.raster == 2)
+
+
+@pytest.mark.parametrize("top, timed", [(3, 12 * 2 + 3 * 3 * 2), (1, 12 * 2 + 3 * 2), (None, 12 * 4 * 2)])
+def test_tuning_cutlass_alone_times_the_swizzles_of_the_top_configs(monkeypatch, top, timed):
+    from wandapp.bench import linear_sweep
+
+    fake = _FakeCutlass()
+
+    def fake_median(fn, device, calls, iters):
+        fn()
+        return fake.ms(fake.last)
+
+    monkeypatch.setattr(linear_sweep, "median_ms_graph", fake_median)
+    records = linear_sweep.tune_algorithms(None, "down", (16, 32), 8, torch.float32, torch.device("cpu"), layouts=(),
+                                           cutlass=fake, cutlass_top=top)
+    assert len(records) == timed and all("sparse_ms" in r and r["rel_err"] < 1e-6 for r in records)
+    assert records[0]["layout"] == "cutlass/128x256x64_c1x1_coop/swizzle4/along_n"
+    swizzled = {cs.Choice.parse(r["layout"]).config for r in records if "/swizzle1/" not in r["layout"]}
+    assert swizzled == (set(range(cs.CONFIG_COUNT)) if top is None else {9, 2, 1} if top == 3 else {9})

@@ -15,7 +15,7 @@ from conftest import build_tiny_llama
 from wandapp.bench import cslt_ops, cutlass_ops
 from wandapp.bench.cusparselt import Layout
 from wandapp.bench.end_to_end import compiled_blocks, restore_dense_linears, swap_in_sparse_linears
-from wandapp.bench.mlp_sweep import GatedMLP
+from wandapp.bench.mlp_sweep import GatedMLP, MlpCase
 from wandapp.bench.sparse_linear import NEVER, SparseLinear
 from wandapp.bench.sparse_mlp import SparseGatedMLP, down_layouts, gate_up_layouts, is_gated_mlp
 from wandapp.bench.sparsity import random_2of4_
@@ -97,6 +97,19 @@ def test_fused_gated_mlp_matches_the_dense_mlp(tokens, backend):
     torch.testing.assert_close(fused(x), mlp(x))
     assert fused.kernel_for(8) == "dense"
     torch.testing.assert_close(fused(x[:, :8]), mlp(x[:, :8]))
+
+
+@pytest.mark.parametrize("backend", POLICIES)
+def test_timed_sparse_products_compute_the_dense_products(backend):
+    """The benchmark times MlpCase's two closures against each other: they must be the same work."""
+    _, gate_up, down = POLICIES[backend][1](32, 48)
+    case = MlpCase(_gated_mlp(), 40, gate_up, down, generator=torch.Generator().manual_seed(3), reference=True)
+    gate, up, down_out = case.dense_products()
+    sparse_gate_up, sparse_down = case.sparse_products()
+    token_major = lambda y: y if y.shape[0] == 40 else y.t()  # noqa: E731  cuSPARSELt writes (features, tokens)
+    torch.testing.assert_close(token_major(sparse_gate_up), torch.cat([gate, up], dim=1))
+    torch.testing.assert_close(token_major(sparse_down), down_out)
+    assert case.x.shape == (40, 32) and case.h_t.shape == (48, 40)
 
 
 def test_fused_gated_mlp_refuses_a_layout_that_does_not_chain():

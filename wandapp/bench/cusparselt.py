@@ -95,9 +95,12 @@ def parse_layouts(text: str) -> list[Layout]:
     if text == "natural":
         return [layout for layout in Layout.every() if not layout.x_t]
     try:
-        return [Layout.parse(name) for name in text.split(",") if name]
+        layouts = [Layout.parse(name) for name in text.split(",") if name]
     except ValueError:
-        raise ValueError(f"unknown cuSPARSELt layout list {text!r} (torch, natural, or names like sparseA+y_t)") from None
+        layouts = []
+    if not layouts:
+        raise ValueError(f"unknown cuSPARSELt layout list {text!r} (torch, natural, or names like sparseA+y_t)")
+    return layouts
 
 
 def stored_input(x: torch.Tensor, layout: Layout) -> torch.Tensor:

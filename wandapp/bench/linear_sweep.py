@@ -101,9 +101,13 @@ def time_shape(name, shape, tokens_list, dtype, device, layout="out_t", lt=None,
 
 
 def tune_algorithms(lt, name, shape, tokens, dtype, device, split_ks=(1,), max_algs=None, layouts=None,
-                    as_run: bool = True, cutlass=None):
+                    as_run: bool = True, cutlass=None, cutlass_top: int | None = 3):
     """Time every layout x algorithm id (x split-k) for one shape and token count, and with `cutlass` (a
-    CutlassSparse) every CUTLASS kernel choice too; records, fastest first.
+    CutlassSparse) the CUTLASS kernel choices too; records, fastest first.
+
+    layouts: cuSPARSELt's layouts to try (None: torch's; empty: none, CUTLASS alone). cutlass_top: every CUTLASS
+    config is timed in both raster orders, then the other tile swizzles of the `cutlass_top` fastest configs
+    (None: of every config, all the choices there are).
 
     as_run: time the layer as SparseLinear runs it: the product plus, for a layout that writes (out, tokens),
     the copy to a contiguous (tokens, out) output. Otherwise the product alone on operands as the layout stores
@@ -130,7 +134,7 @@ def tune_algorithms(lt, name, shape, tokens, dtype, device, split_ks=(1,), max_a
             return records.append(dict(head, error=f"rel_err {err:.3g}"))
         records.append(dict(head, out_features=shape[0], in_features=shape[1], sparse_ms=ms, rel_err=err))
 
-    for layout in layouts or (TORCH_LAYOUT,):
+    for layout in (TORCH_LAYOUT,) if layouts is None else layouts:
         try:
             compressed = lt.compress(weight, layout)
             last = lt.max_alg_id(shape[0], shape[1], tokens, dtype, layout)
@@ -159,10 +163,9 @@ def tune_algorithms(lt, name, shape, tokens, dtype, device, split_ks=(1,), max_a
                 timed(choice.name(), 0, 1, lambda: cutlass.linear(values, meta, x, shape[0], choice),
                       lambda: cutlass.linear(values, meta, x, shape[0], choice, out))
 
-        # Two rounds: every config in both raster orders, then the tile swizzles of the three fastest configs.
         time_choices(cutlass.choices(swizzles=(1,)))
         ranked = sorted((r for r in records if "sparse_ms" in r and is_cutlass(r["layout"])), key=lambda r: r["sparse_ms"])
-        top = list(dict.fromkeys(Choice.parse(r["layout"]).config for r in ranked))[:3]
+        top = list(dict.fromkeys(Choice.parse(r["layout"]).config for r in ranked))[:cutlass_top]
         time_choices([c for c in cutlass.choices(swizzles=(2, 4, 8)) if c.config in top])
     return sorted(records, key=lambda r: r.get("sparse_ms", float("inf")))
 

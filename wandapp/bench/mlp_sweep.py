@@ -34,41 +34,58 @@ def _linear(weight: torch.Tensor) -> nn.Linear:
     return linear
 
 
+class MlpCase:
+    """One token count of one MLP: the dense module, its fused 2:4 module with the given choices, the inputs,
+    and the matrix products of each as closures (for timing, or for a sustained replay). reference: the ops' CPU
+    reference kernels (tests only)."""
+
+    def __init__(self, dense: GatedMLP, tokens: int, gate_up, down, generator=None, reference: bool = False):
+        w_gate = dense.gate_proj.weight
+        self.dense = dense
+        self.sparse = SparseGatedMLP(dense, min_sparse_tokens=1, gate_up=gate_up, down=down, reference=reference)
+        self.tokens, self.gate_up, self.down = tokens, tuple(gate_up), tuple(down)
+        hidden, inter = w_gate.shape[1], w_gate.shape[0]
+        kw = dict(dtype=w_gate.dtype, device=w_gate.device, generator=generator)
+        self.x, self.h = torch.randn(tokens, hidden, **kw), torch.randn(tokens, inter, **kw)
+        self.h_t = self.h.t().contiguous()  # down's input as cuSPARSELt's fused module stores it
+
+    def dense_products(self):
+        d = self.dense
+        return (F.linear(self.x, d.gate_proj.weight), F.linear(self.x, d.up_proj.weight),
+                F.linear(self.h, d.down_proj.weight))
+
+    def sparse_products(self):
+        s, ops = self.sparse, torch.ops.wandapp
+        if s.cutlass:  # both token-major: x and h as they come
+            return (ops.cutlass_mm(s.compressed_gate_up, s.meta_gate_up, self.x, 2 * s.inter, self.gate_up[2]),
+                    ops.cutlass_mm(s.compressed_down, s.meta_down, self.h, s.hidden, self.down[2]))
+        return (ops.cslt_mm(s.compressed_gate_up, self.x, 2 * s.inter, *self.gate_up),
+                ops.cslt_mm(s.compressed_down, self.h_t, s.hidden, *self.down))
+
+    def record(self, rounds: int = 3) -> dict:
+        """The products and the modules, dense and sparse timed in `rounds` alternating passes, and the error."""
+        with torch.inference_mode():
+            rec = dict(hidden=self.sparse.hidden, inter=self.sparse.inter, tokens=self.tokens,
+                       gate_up=list(self.gate_up), down=list(self.down),
+                       rel_err=rel_error(self.sparse(self.x), self.dense(self.x)))
+            rec.update(interleaved_medians({"dense_products_ms": self.dense_products,
+                                            "sparse_products_ms": self.sparse_products,
+                                            "dense_mlp_ms": lambda: self.dense(self.x),
+                                            "sparse_mlp_ms": lambda: self.sparse(self.x)}, self.x.device, rounds))
+        rec["products_speedup"] = rec["dense_products_ms"] / rec["sparse_products_ms"]
+        rec["mlp_speedup"] = rec["dense_mlp_ms"] / rec["sparse_mlp_ms"]
+        return rec
+
+
+def random_gated_mlp(hidden: int, inter: int, dtype, device, generator=None) -> GatedMLP:
+    """A gated MLP with random 2:4 weights (gate, up: (inter, hidden); down: (hidden, inter))."""
+    return GatedMLP(*(make_operands(shape, 1, dtype, device, generator)[0]
+                      for shape in ((inter, hidden), (inter, hidden), (hidden, inter))))
+
+
 def time_mlp(hidden: int, inter: int, tokens_list, dtype, device, choose, rounds: int = 3) -> list[dict]:
     """Records per token count. choose(tokens) -> (gate_up (alg, split_k, layout), down (alg, split_k, layout)).
     Dense and sparse are timed in `rounds` alternating passes (interleaved_medians)."""
     gen = torch.Generator(device).manual_seed(2)
-    weights = [make_operands(shape, 1, dtype, device, gen)[0] for shape in ((inter, hidden), (inter, hidden),
-                                                                            (hidden, inter))]
-    dense = GatedMLP(*weights)
-    records = []
-    for tokens in tokens_list:
-        gate_up, down = choose(tokens)
-        sparse = SparseGatedMLP(dense, min_sparse_tokens=1, gate_up=gate_up, down=down)
-        x = torch.randn(tokens, hidden, dtype=dtype, device=device, generator=gen)
-        h = torch.randn(tokens, inter, dtype=dtype, device=device, generator=gen)
-        h_t = h.t().contiguous()
-        w_gate, w_up, w_down = weights
-        ops = torch.ops.wandapp
-
-        def dense_products():
-            return F.linear(x, w_gate), F.linear(x, w_up), F.linear(h, w_down)
-
-        def sparse_products():
-            if sparse.cutlass:  # both token-major: x and h as they come
-                return (ops.cutlass_mm(sparse.compressed_gate_up, sparse.meta_gate_up, x, 2 * inter, gate_up[2]),
-                        ops.cutlass_mm(sparse.compressed_down, sparse.meta_down, h, hidden, down[2]))
-            return (ops.cslt_mm(sparse.compressed_gate_up, x, 2 * inter, *gate_up),
-                    ops.cslt_mm(sparse.compressed_down, h_t, hidden, *down))
-
-        with torch.inference_mode():
-            ref = dense(x)
-            rec = dict(hidden=hidden, inter=inter, tokens=tokens, gate_up=list(gate_up), down=list(down),
-                       rel_err=rel_error(sparse(x), ref))
-            rec.update(interleaved_medians({"dense_products_ms": dense_products, "sparse_products_ms": sparse_products,
-                                            "dense_mlp_ms": lambda: dense(x), "sparse_mlp_ms": lambda: sparse(x)},
-                                           device, rounds))
-        rec["products_speedup"] = rec["dense_products_ms"] / rec["sparse_products_ms"]
-        rec["mlp_speedup"] = rec["dense_mlp_ms"] / rec["sparse_mlp_ms"]
-        records.append(rec)
-    return records
+    dense = random_gated_mlp(hidden, inter, dtype, device, gen)
+    return [MlpCase(dense, tokens, *choose(tokens), generator=gen).record(rounds) for tokens in tokens_list]
