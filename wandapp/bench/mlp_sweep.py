@@ -55,12 +55,8 @@ class MlpCase:
                 F.linear(self.h, d.down_proj.weight))
 
     def sparse_products(self):
-        s, ops = self.sparse, torch.ops.wandapp
-        if s.cutlass:  # both token-major: x and h as they come
-            return (ops.cutlass_mm(s.compressed_gate_up, s.meta_gate_up, self.x, 2 * s.inter, self.gate_up[2]),
-                    ops.cutlass_mm(s.compressed_down, s.meta_down, self.h, s.hidden, self.down[2]))
-        return (ops.cslt_mm(s.compressed_gate_up, self.x, 2 * s.inter, *self.gate_up),
-                ops.cslt_mm(s.compressed_down, self.h_t, s.hidden, *self.down))
+        s = self.sparse  # CUTLASS takes x and h as they come, cuSPARSELt's fused module h transposed
+        return s.gate_up_product(self.x), s.down_product(self.h if s.cutlass else self.h_t)
 
     def record(self, rounds: int = 3) -> dict:
         """The products and the modules, dense and sparse timed in `rounds` alternating passes, and the error."""

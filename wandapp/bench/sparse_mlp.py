@@ -91,22 +91,30 @@ class SparseGatedMLP(nn.Module):
         tokens = x.numel() // self.hidden
         if self.kernel_for(tokens) == "dense":
             return self.dense(x)
-        if self.cutlass:
-            return self._forward_cutlass(x.reshape(tokens, self.hidden)).reshape(x.shape)
+        if self.cutlass:  # everything (tokens, features)
+            gate_up = self.gate_up_product(x.reshape(tokens, self.hidden))
+            h = self.dense.act_fn(gate_up[:, : self.inter]) * gate_up[:, self.inter:]
+            return self.down_product(h).reshape(x.shape)
         x2 = stored_input(x.reshape(tokens, self.hidden), self.gate_up_layout)  # padded rows give zero outputs
-        gate_up_t = torch.ops.wandapp.cslt_mm(self.compressed_gate_up, x2, 2 * self.inter, *self.gate_up_alg,
-                                              self.gate_up_name)  # (2 inter, padded tokens)
+        gate_up_t = self.gate_up_product(x2)  # (2 inter, padded tokens)
         h_t = self.dense.act_fn(gate_up_t[: self.inter]) * gate_up_t[self.inter:]  # (inter, tokens): down's x^T
-        y = torch.ops.wandapp.cslt_mm(self.compressed_down, h_t, self.hidden, *self.down_alg,
-                                      self.down_name)
-        y = token_major(token_output(y, self.down_layout, tokens))
+        y = token_major(token_output(self.down_product(h_t), self.down_layout, tokens))
         return y.reshape(*x.shape[:-1], self.hidden)
 
-    def _forward_cutlass(self, x2: torch.Tensor) -> torch.Tensor:
-        ops = torch.ops.wandapp
-        gate_up = ops.cutlass_mm(self.compressed_gate_up, self.meta_gate_up, x2, 2 * self.inter, self.gate_up_name)
-        h = self.dense.act_fn(gate_up[:, : self.inter]) * gate_up[:, self.inter:]  # (tokens, inter)
-        return ops.cutlass_mm(self.compressed_down, self.meta_down, h, self.hidden, self.down_name)
+    def gate_up_product(self, x: torch.Tensor) -> torch.Tensor:
+        """gate and up as one product, of x as the kernel takes it: CUTLASS (tokens, hidden) -> (tokens, 2 inter);
+        cuSPARSELt x stored in the gate_up layout -> (2 inter, tokens)."""
+        if self.cutlass:
+            return torch.ops.wandapp.cutlass_mm(self.compressed_gate_up, self.meta_gate_up, x, 2 * self.inter,
+                                                self.gate_up_name)
+        return torch.ops.wandapp.cslt_mm(self.compressed_gate_up, x, 2 * self.inter, *self.gate_up_alg,
+                                         self.gate_up_name)
+
+    def down_product(self, h: torch.Tensor) -> torch.Tensor:
+        """down of the activation as the kernel takes it: CUTLASS (tokens, inter); cuSPARSELt (inter, tokens)."""
+        if self.cutlass:
+            return torch.ops.wandapp.cutlass_mm(self.compressed_down, self.meta_down, h, self.hidden, self.down_name)
+        return torch.ops.wandapp.cslt_mm(self.compressed_down, h, self.hidden, *self.down_alg, self.down_name)
 
     def extra_repr(self) -> str:
         return (f"{self.hidden}, {self.inter}, min_sparse_tokens={self.min_sparse_tokens}, gate_up={self.gate_up_alg} "
