@@ -44,9 +44,10 @@ def tune_shape(lib, name, shape, tokens, device):
                 dense_tflops=2 * shape[0] * shape[1] * tokens / dense_ms / 1e9, records=records)
 
 
-def mlp_products(tokens, best, device, hidden=4096, inter=11008, sustain_s: float = 0.0):
+def mlp_products(tokens, best, device, hidden=4096, inter=11008, sustain_s: float = 0.0, duty: float = 0.0):
     """The MLP's products and module, dense against the fused sparse gate+up and down with each one's fastest
-    choice, timed alternately (mlp_sweep.MlpCase); then, with sustain_s, each side's products replayed alone."""
+    choice, timed alternately (mlp_sweep.MlpCase); then, with sustain_s, each side's products replayed alone, and
+    with duty, both in short alternating bursts at that duty cycle."""
     choices = [(0, 1, best[(name, tokens)]["choice"]) for name in ("gate+up fused", "down")]
     gen = torch.Generator(device).manual_seed(2)
     case = MlpCase(random_gated_mlp(hidden, inter, torch.float16, device, gen), tokens, *choices, generator=gen)
@@ -54,7 +55,49 @@ def mlp_products(tokens, best, device, hidden=4096, inter=11008, sustain_s: floa
     if sustain_s:
         rec["sustained"] = {kind: sustained(fn, device, sustain_s) for kind, fn in
                             (("dense_products", case.dense_products), ("sparse_products", case.sparse_products))}
+    if duty:
+        rec["bursts"] = bursts({"dense_products": case.dense_products, "sparse_products": case.sparse_products},
+                               device, duty)
     return rec
+
+
+def bursts(fns: dict, device, duty: float, burst_ms: float = 20.0, seconds: float = 4.0) -> dict:
+    """Each fn replayed in bursts of about `burst_ms`, the fns alternating, with idle gaps that keep the GPU busy
+    `duty` of the time: the board's power averages out below its limit, so a burst runs at the clock the power
+    cap allows for short work. {name: median ms per call over the bursts, and the SM clock read after each}."""
+    import statistics
+
+    import pynvml
+
+    from wandapp.bench.timing import capture_graph
+
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+    graphs = {name: capture_graph(fn, device, calls=10) for name, fn in fns.items()}
+    per_burst = {}
+    for name, graph in graphs.items():  # replays per burst, from one timed replay
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        per_burst[name] = max(1, round(burst_ms / start.elapsed_time(end)))
+    times, clocks = {name: [] for name in graphs}, {name: [] for name in graphs}
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        for name, graph in graphs.items():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(per_burst[name]):
+                graph.replay()
+            end.record()
+            end.synchronize()
+            clocks[name].append(pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM))
+            ms = start.elapsed_time(end)
+            times[name].append(ms / (per_burst[name] * 10))
+            time.sleep(ms / 1000 * (1 - duty) / duty)
+    return {name: dict(ms_per_call=statistics.median(times[name]), bursts=len(times[name]), duty=duty,
+                       burst_ms=burst_ms, sm_mhz=statistics.median(clocks[name])) for name in graphs}
 
 
 def sustained(fn, device, seconds: float) -> dict:
@@ -124,6 +167,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tokens", default="512,1024,2048,4096,8192")
     parser.add_argument("--shapes", default=",".join(SHAPES))
+    parser.add_argument("--duty", type=float, default=0.0, help="also time the MLP products in ~20 ms bursts "
+                        "busy this share of the time (0: skip), below the power limit on average")
     parser.add_argument("--sustain", type=float, default=3.0, help="seconds of sustained MLP products per case "
                         "with NVML clock and power samples (0: skip)")
     args = parser.parse_args()
@@ -146,7 +191,7 @@ def main() -> None:
                   flush=True)
     for tokens in tokens_list:
         if ("gate+up fused", tokens) in best and ("down", tokens) in best:
-            result["mlp"].append(mlp_products(tokens, best, device, sustain_s=args.sustain))
+            result["mlp"].append(mlp_products(tokens, best, device, sustain_s=args.sustain, duty=args.duty))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cutlass_sparse.json").write_text(json.dumps(result, indent=1))
     print("\n| shape | tokens | dense ms | CUTLASS 2:4 ms | speed-up | choice |")
@@ -158,6 +203,12 @@ def main() -> None:
         print(f"MLP products at {r['tokens']}: {r['dense_products_ms']:.4f} -> {r['sparse_products_ms']:.4f} ms "
               f"({r['products_speedup']:.2f}x); module {r['dense_mlp_ms']:.4f} -> {r['sparse_mlp_ms']:.4f} ms "
               f"({r['mlp_speedup']:.2f}x); err {r['rel_err']:.1e}; gate+up {r['gate_up'][2]}, down {r['down'][2]}")
+        for kind, row in r.get("bursts", {}).items():
+            print(f"  bursts at duty {row['duty']}: {kind} {row['ms_per_call']:.4f} ms/call over {row['bursts']} bursts, "
+                  f"SM {row['sm_mhz']} MHz after a burst")
+        if "bursts" in r:
+            b = r["bursts"]
+            print(f"  bursts: products speed-up {b['dense_products']['ms_per_call'] / b['sparse_products']['ms_per_call']:.2f}x")
         for kind, row in r.get("sustained", {}).items():
             print(f"  sustained {kind}: {row['ms_per_call']:.4f} ms/call, SM {row['sm_mhz']} MHz "
                   f"(max {row['max_sm_mhz']}, application {row['app_sm_mhz']}), {row['power_w']:.0f} W of "
