@@ -61,18 +61,23 @@ def mlp_products(tokens, best, device, hidden=4096, inter=11008, sustain_s: floa
     return rec
 
 
+def nvml_handle(device):
+    """(pynvml, the device's NVML handle), NVML initialised; one visible GPU on the benchmark machine."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    return pynvml, pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+
+
 def bursts(fns: dict, device, duty: float, burst_ms: float = 20.0, seconds: float = 4.0) -> dict:
     """Each fn replayed in bursts of about `burst_ms`, the fns alternating, with idle gaps that keep the GPU busy
     `duty` of the time: the board's power averages out below its limit, so a burst runs at the clock the power
     cap allows for short work. {name: median ms per call over the bursts, and the SM clock read after each}."""
     import statistics
 
-    import pynvml
-
     from wandapp.bench.timing import capture_graph
 
-    pynvml.nvmlInit()
-    handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+    pynvml, handle = nvml_handle(device)
     graphs = {name: capture_graph(fn, device, calls=10) for name, fn in fns.items()}
     per_burst = {}
     for name, graph in graphs.items():  # replays per burst, from one timed replay
@@ -106,12 +111,9 @@ def sustained(fn, device, seconds: float) -> dict:
     import statistics
     import threading
 
-    import pynvml
-
     from wandapp.bench.timing import capture_graph
 
-    pynvml.nvmlInit()
-    handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)  # one visible GPU on the benchmark machine
+    pynvml, handle = nvml_handle(device)
     graph = capture_graph(fn, device, calls=10)
     samples, done = [], threading.Event()
 
