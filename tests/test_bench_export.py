@@ -101,7 +101,6 @@ def test_bench_without_gpu_records_skipped(tmp_path, tiny_llama_dir):
     assert result["schema_version"] == 3 and "torch" in result["environment"]
 
 
-
 @pytest.mark.parametrize("args,message", [
     (["--model", "/no/such/model"], "model not found"),
     (["--dtype", "float32"], "float16 or bfloat16"),
@@ -114,6 +113,7 @@ def test_bench_bad_input_fails_even_without_gpu(tmp_path, tiny_llama_dir, capsys
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and not out.exists()
+
 
 def test_policy_from_sweep_records():
     from wandapp.bench.runner import make_policy

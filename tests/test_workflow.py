@@ -150,4 +150,3 @@ def test_workflow_lints_clean():
     r = subprocess.run([str(SNAKEMAKE), "--lint", "--workflow-profile", "none", "--snakefile", str(REPO / "Snakefile")],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "Lints for" not in r.stdout + r.stderr, r.stdout + r.stderr
-

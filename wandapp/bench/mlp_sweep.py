@@ -40,13 +40,11 @@ class MlpCase:
     reference kernels (tests only)."""
 
     def __init__(self, dense: GatedMLP, tokens: int, gate_up, down, generator=None, reference: bool = False):
-        w_gate = dense.gate_proj.weight
         self.dense = dense
-        self.sparse = SparseGatedMLP(dense, min_sparse_tokens=1, gate_up=gate_up, down=down, reference=reference)
-        self.tokens, self.gate_up, self.down = tokens, tuple(gate_up), tuple(down)
-        hidden, inter = w_gate.shape[1], w_gate.shape[0]
+        self.sparse = s = SparseGatedMLP(dense, min_sparse_tokens=1, gate_up=gate_up, down=down, reference=reference)
+        w_gate = dense.gate_proj.weight
         kw = dict(dtype=w_gate.dtype, device=w_gate.device, generator=generator)
-        self.x, self.h = torch.randn(tokens, hidden, **kw), torch.randn(tokens, inter, **kw)
+        self.x, self.h = torch.randn(tokens, s.hidden, **kw), torch.randn(tokens, s.inter, **kw)
         self.h_t = self.h.t().contiguous()  # down's input as cuSPARSELt's fused module stores it
 
     def dense_products(self):
@@ -61,8 +59,9 @@ class MlpCase:
     def record(self, rounds: int = 3) -> dict:
         """The products and the modules, dense and sparse timed in `rounds` alternating passes, and the error."""
         with torch.inference_mode():
-            rec = dict(hidden=self.sparse.hidden, inter=self.sparse.inter, tokens=self.tokens,
-                       gate_up=list(self.gate_up), down=list(self.down),
+            s = self.sparse
+            rec = dict(hidden=s.hidden, inter=s.inter, tokens=self.x.shape[0],
+                       gate_up=[*s.gate_up_alg, s.gate_up_name], down=[*s.down_alg, s.down_name],
                        rel_err=rel_error(self.sparse(self.x), self.dense(self.x)))
             rec.update(interleaved_medians({"dense_products_ms": self.dense_products,
                                             "sparse_products_ms": self.sparse_products,
