@@ -17,19 +17,13 @@ from wandapp.errors import WandappError
 
 
 def test_source_defines_the_configs_python_expects():
+    """The source's one config list (index, tile, cluster, schedule) names exactly CONFIG_NAMES, in order."""
     source = cs.SOURCE.read_text()
-    configs = re.findall(r"^using Config(\d+) = Config<", source, flags=re.M)
-    assert [int(i) for i in configs] == list(range(cs.CONFIG_COUNT))
-    assert f"kConfigs = {cs.CONFIG_COUNT};" in source
-    names = re.search(r"names\[wandapp_sm90::kConfigs\] = \{(.*?)\};", source, flags=re.S).group(1)
-    assert tuple(re.findall(r'"([^"]+)"', names)) == cs.CONFIG_NAMES
-    for i, name in enumerate(cs.CONFIG_NAMES):  # a name says its config's tile and schedule
-        tile, cluster, schedule = name.split("_")
-        m, n, k = tile.split("x")
-        line = re.search(rf"^using Config{i} = (.*)$", source, flags=re.M).group(1)
-        assert f"Shape<_{m}, _{n}, _{k}>" in line and {"coop": "Coop", "ping": "Ping"}[schedule] in line
-    families = re.search(r"kFamilyOf\[kConfigs\] = \{(.*?)\};", source).group(1)
-    assert len(families.split(",")) == cs.CONFIG_COUNT
+    listed = re.findall(r"^  X\((\d+), (\d+), (\d+), (\d+), (\d+), (\d+), (coop|ping)\)", source, flags=re.M)
+    assert [int(row[0]) for row in listed] == list(range(cs.CONFIG_COUNT))
+    names = tuple(f"{m}x{n}x{k}_c{cm}x{cn}_{s}" for _, m, n, k, cm, cn, s in listed)
+    assert names == cs.CONFIG_NAMES
+    assert all(k in ("64", "128") for _, _, _, k, *_ in listed)  # the two compressed layouts (families)
 
 
 def test_compile_commands_build_each_config_for_sm90a(tmp_path):

@@ -52,33 +52,49 @@ struct Config {
 };
 
 using namespace cutlass::gemm;
-using Coop = KernelTmaWarpSpecializedCooperative;
-using Ping = KernelTmaWarpSpecializedPingpong;
-using EpiCoop = cutlass::epilogue::TmaWarpSpecializedCooperative;
-using EpiPing = cutlass::epilogue::TmaWarpSpecialized;
+using Kernel_coop = KernelTmaWarpSpecializedCooperative;
+using Kernel_ping = KernelTmaWarpSpecializedPingpong;
+using Epi_coop = cutlass::epilogue::TmaWarpSpecializedCooperative;
+using Epi_ping = cutlass::epilogue::TmaWarpSpecialized;
 
-// The configs, in index order. M is the weight's rows, N the tokens. The K tile fixes the compressed layout:
-// configs 0-7 and 12 share family 0 (K tile 128), 8-11 family 1 (K tile 64, more pipeline stages).
-using Config0 = Config<Shape<_128, _128, _128>, Shape<_1, _2, _1>, Coop, EpiCoop>;
-using Config1 = Config<Shape<_128, _256, _128>, Shape<_1, _1, _1>, Coop, EpiCoop>;
-using Config2 = Config<Shape<_256, _128, _128>, Shape<_1, _1, _1>, Coop, EpiCoop>;
-using Config3 = Config<Shape<_256, _128, _128>, Shape<_2, _1, _1>, Coop, EpiCoop>;
-using Config4 = Config<Shape<_128, _128, _128>, Shape<_1, _1, _1>, Ping, EpiPing>;
-using Config5 = Config<Shape<_64, _128, _128>, Shape<_1, _2, _1>, Ping, EpiPing>;
-using Config6 = Config<Shape<_64, _256, _128>, Shape<_1, _1, _1>, Ping, EpiPing>;
-using Config7 = Config<Shape<_128, _128, _128>, Shape<_2, _1, _1>, Coop, EpiCoop>;
-using Config8 = Config<Shape<_256, _128, _64>, Shape<_1, _1, _1>, Coop, EpiCoop>;
-using Config9 = Config<Shape<_128, _256, _64>, Shape<_1, _1, _1>, Coop, EpiCoop>;
-using Config10 = Config<Shape<_256, _128, _64>, Shape<_2, _1, _1>, Coop, EpiCoop>;
-using Config11 = Config<Shape<_128, _128, _64>, Shape<_1, _1, _1>, Ping, EpiPing>;
-// The weight tile multicast to the two CTAs of a 1x2 cluster: about 2-4% faster than config 2 (ncu, H100).
-using Config12 = Config<Shape<_256, _128, _128>, Shape<_1, _2, _1>, Coop, EpiCoop>;
-[[maybe_unused]] constexpr int kConfigs = 13;
-constexpr int kFamilyOf[kConfigs] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0};
+// The configs, in index order: X(index, tile M, N, K, cluster M, N, schedule). M is the weight's rows, N the
+// tokens. This one list defines each config's type, its name ("256x128x128_c1x2_coop") and its family: the K
+// tile fixes the compressed layout, family 0 for K 128, family 1 for K 64 (more pipeline stages). Config 12
+// multicasts the weight tile to the two CTAs of its cluster: about 2-4% faster than config 2 (ncu, H100).
+#define WANDAPP_SM90_CONFIGS(X)   \
+  X(0, 128, 128, 128, 1, 2, coop) \
+  X(1, 128, 256, 128, 1, 1, coop) \
+  X(2, 256, 128, 128, 1, 1, coop) \
+  X(3, 256, 128, 128, 2, 1, coop) \
+  X(4, 128, 128, 128, 1, 1, ping) \
+  X(5, 64, 128, 128, 1, 2, ping)  \
+  X(6, 64, 256, 128, 1, 1, ping)  \
+  X(7, 128, 128, 128, 2, 1, coop) \
+  X(8, 256, 128, 64, 1, 1, coop)  \
+  X(9, 128, 256, 64, 1, 1, coop)  \
+  X(10, 256, 128, 64, 2, 1, coop) \
+  X(11, 128, 128, 64, 1, 1, ping) \
+  X(12, 256, 128, 128, 1, 2, coop)
+
+#define WANDAPP_CONFIG_TYPE(I, TM, TN, TK, CM, CN, S) \
+  using Config##I = Config<Shape<Int<TM>, Int<TN>, Int<TK>>, Shape<Int<CM>, Int<CN>, _1>, Kernel_##S, Epi_##S>;
+WANDAPP_SM90_CONFIGS(WANDAPP_CONFIG_TYPE)
+
+constexpr int family_of_k_tile(int k_tile) { return k_tile == 128 ? 0 : 1; }
+#define WANDAPP_CONFIG_ONE(I, TM, TN, TK, CM, CN, S) +1
+#define WANDAPP_CONFIG_FAMILY(I, TM, TN, TK, CM, CN, S) family_of_k_tile(TK),
+#define WANDAPP_CONFIG_NAME(I, TM, TN, TK, CM, CN, S) #TM "x" #TN "x" #TK "_c" #CM "x" #CN "_" #S,
+constexpr int kConfigs = 0 WANDAPP_SM90_CONFIGS(WANDAPP_CONFIG_ONE);
+constexpr int kFamilyOf[kConfigs] = {WANDAPP_SM90_CONFIGS(WANDAPP_CONFIG_FAMILY)};
+#define WANDAPP_CHECK_K_TILE(I, TM, TN, TK, CM, CN, S) static_assert(TK == 128 || TK == 64, "K tile 128 or 64");
+WANDAPP_SM90_CONFIGS(WANDAPP_CHECK_K_TILE)
 
 // The compressed layout of each family, and CUTLASS's GPU compressor for it.
+// A config of each family stands for it (its mainloop type only; no kernel of it is built).
 template <int Family>
-using SparseConfigOf = typename std::conditional_t<Family == 0, Config0, Config8>::Mainloop::SparseConfig;
+using FamilyConfig = Config<Shape<_128, _128, Int<Family == 0 ? 128 : 64>>, Shape<_1, _1, _1>, Kernel_coop, Epi_coop>;
+template <int Family>
+using SparseConfigOf = typename FamilyConfig<Family>::Mainloop::SparseConfig;
 using StrideA = cutlass::gemm::TagToStrideA_t<LayoutA>;
 template <int Family>
 using Compressor = cutlass::transform::device::TransformUniversalAdapter<
@@ -104,7 +120,7 @@ CompressorUtility<Family> utility_for(int m, int k) {
 template <int Family>
 typename Compressor<Family>::Arguments compress_arguments(const void* weight, void* values, void* meta, int m,
                                                            int k) {
-  using ElementE = typename std::conditional_t<Family == 0, Config0, Config8>::Mainloop::ElementE;
+  using ElementE = typename FamilyConfig<Family>::Mainloop::ElementE;
   typename Compressor<Family>::Arguments args{
       ProblemShape{m, 1, k, 1},
       {static_cast<const Element*>(weight), cutlass::make_cute_packed_stride(StrideA{}, make_shape(m, k, 1)),
@@ -183,9 +199,12 @@ WANDAPP_EXPAND(WANDAPP_CONFIG)
 #endif
 
 #if defined(WANDAPP_COMMON)
-static_assert(std::is_same_v<wandapp_sm90::Config2::Mainloop::SparseConfig, wandapp_sm90::SparseConfigOf<0>> &&
-                  std::is_same_v<wandapp_sm90::Config11::Mainloop::SparseConfig, wandapp_sm90::SparseConfigOf<1>>,
-              "a config's K tile must match its family's compressed layout");
+// Each config's K tile must give its family's compressed layout, or a weight compressed once per family breaks.
+#define WANDAPP_CHECK_FAMILY(I, TM, TN, TK, CM, CN, S)                                                         \
+  static_assert(std::is_same_v<wandapp_sm90::Config##I::Mainloop::SparseConfig,                             \
+                               wandapp_sm90::SparseConfigOf<wandapp_sm90::kFamilyOf[I]>>,                   \
+                "config " #I ": its K tile does not match its family's compressed layout");
+WANDAPP_SM90_CONFIGS(WANDAPP_CHECK_FAMILY)
 
 extern "C" int wandapp_sm90_sparse_configs() { return wandapp_sm90::kConfigs; }
 
@@ -194,11 +213,7 @@ extern "C" int wandapp_sm90_sparse_config_family(int i) {
 }
 
 extern "C" const char* wandapp_sm90_sparse_config_name(int i) {
-  static const char* names[wandapp_sm90::kConfigs] = {
-      "128x128x128_c1x2_coop", "128x256x128_c1x1_coop", "256x128x128_c1x1_coop", "256x128x128_c2x1_coop",
-      "128x128x128_c1x1_ping", "64x128x128_c1x2_ping",  "64x256x128_c1x1_ping",  "128x128x128_c2x1_coop",
-      "256x128x64_c1x1_coop",  "128x256x64_c1x1_coop",  "256x128x64_c2x1_coop",  "128x128x64_c1x1_ping",
-      "256x128x128_c1x2_coop"};
+  static const char* names[wandapp_sm90::kConfigs] = {WANDAPP_SM90_CONFIGS(WANDAPP_CONFIG_NAME)};
   return i >= 0 && i < wandapp_sm90::kConfigs ? names[i] : nullptr;
 }
 
