@@ -33,7 +33,7 @@ def tune_shape(lib, name, shape, tokens, device):
     dense_ms = median_ms_graph(lambda: F.linear(x, weight), device)
     records = []
     for rec in tune_algorithms(None, name, shape, tokens, torch.float16, device, layouts=(), cutlass=lib,
-                               cutlass_top=None):
+                               cutlass_top=None, operands=(weight, x)):
         if "sparse_ms" not in rec:
             records.append(dict(choice=rec["layout"], error=rec["error"]))
             continue

@@ -129,13 +129,13 @@ class _FakeCutlass:
     families = [int(name.split("_")[0].endswith("x64")) for name in cs.CONFIG_NAMES]  # the K tile's layout
 
     def __init__(self):
-        self.last = None
+        self.last = self.last_x = None
 
     def compress(self, weight, family):
         return weight, None
 
     def linear(self, values, meta, x, out_features, choice, out=None):
-        self.last = choice
+        self.last, self.last_x = choice, x
         return x @ values.t()
 
     choices = cs.CutlassSparse.choices
@@ -164,3 +164,20 @@ def test_tuning_cutlass_alone_times_the_swizzles_of_the_top_configs(monkeypatch,
     assert records[0]["layout"] == "cutlass/128x256x64_c1x1_coop/swizzle4/along_n"
     swizzled = {cs.Choice.parse(r["layout"]).config for r in records if "/swizzle1/" not in r["layout"]}
     assert swizzled == (set(range(cs.CONFIG_COUNT)) if top is None else {9, 2, 1} if top == 3 else {9})
+
+
+def test_tuning_times_the_operands_it_is_given(monkeypatch):
+    from wandapp.bench import linear_sweep
+    from wandapp.bench.sparsity import random_2of4_
+
+    fake = _FakeCutlass()
+
+    def fake_median(fn, device, calls, iters):
+        fn()
+        return 1.0
+
+    monkeypatch.setattr(linear_sweep, "median_ms_graph", fake_median)
+    weight, x = random_2of4_(torch.randn(16, 32)), torch.randn(8, 32)
+    records = linear_sweep.tune_algorithms(None, "down", (16, 32), 8, torch.float32, torch.device("cpu"), layouts=(),
+                                           cutlass=fake, cutlass_top=1, operands=(weight, x))
+    assert fake.last_x is x and all(r["rel_err"] < 1e-6 for r in records)

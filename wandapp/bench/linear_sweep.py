@@ -101,7 +101,7 @@ def time_shape(name, shape, tokens_list, dtype, device, layout="out_t", lt=None,
 
 
 def tune_algorithms(lt, name, shape, tokens, dtype, device, split_ks=(1,), max_algs=None, layouts=None,
-                    as_run: bool = True, cutlass=None, cutlass_top: int | None = 3):
+                    as_run: bool = True, cutlass=None, cutlass_top: int | None = 3, operands=None):
     """Time every layout x algorithm id (x split-k) for one shape and token count, and with `cutlass` (a
     CutlassSparse) the CUTLASS kernel choices too; records, fastest first.
 
@@ -114,12 +114,12 @@ def tune_algorithms(lt, name, shape, tokens, dtype, device, split_ks=(1,), max_a
     them (for a module that keeps its activations in that layout). max_algs=None tries every algorithm id:
     on the H100 the fastest was id 25 of 0-27 for most shapes (1.4-1.5x where id 0 gave 0.9-1.3x at 2048 tokens).
     CUTLASS records carry the choice's name as their layout (their output is (tokens, out) already).
+    operands: the (weight, x) to time, for a caller that times them otherwise too; None: random ones.
     """
     from .cusparselt import TORCH_LAYOUT, stored_input
     from .cutlass_sparse import Choice, is_cutlass
 
-    gen = torch.Generator(device).manual_seed(1)
-    weight, x = make_operands(shape, tokens, dtype, device, gen)
+    weight, x = operands or make_operands(shape, tokens, dtype, device, torch.Generator(device).manual_seed(1))
     ref = F.linear(x, weight)
     records = []
 
