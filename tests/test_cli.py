@@ -98,3 +98,13 @@ def test_interrupted_write_leaves_nothing_that_looks_finished(tmp_path):
             (tmp / "config.json").write_text("{}")
             raise KeyboardInterrupt
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_resolved_model_source_loads_like_its_path(tiny_llama_dir):
+    from wandapp.models import load_model, resolve_model
+
+    by_path, _ = load_model(str(tiny_llama_dir))
+    by_source, tokenizer = load_model(resolve_model(str(tiny_llama_dir)))  # as `wandapp bench` resolves it once
+    assert tokenizer is not None
+    for (name, a), (_, b) in zip(by_path.state_dict().items(), by_source.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

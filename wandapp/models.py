@@ -104,11 +104,11 @@ def load_tokenizer(spec: str | ModelSource):
         raise WandappError(f"cannot load tokenizer from {src.name}: {_first_line(e)}") from e
 
 
-def load_model(spec: str, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu"):
+def load_model(spec: str | ModelSource, dtype: str | torch.dtype = "float32", device: str | torch.device = "cpu"):
     """Return (model, tokenizer) in eval mode on `device` with weights of `dtype`."""
     from transformers import AutoModelForCausalLM
 
-    src = resolve_model(spec)
+    src = spec if isinstance(spec, ModelSource) else resolve_model(spec)
     torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
     kwargs: dict = {"dtype": torch_dtype}
     if src.gguf_file:

@@ -66,7 +66,7 @@ def run(args) -> None:
         layouts = parse_layouts(args.layouts or DEFAULT_LAYOUTS)
     except ValueError as e:
         raise WandappError(str(e)) from None
-    resolve_model(args.model)  # a mistyped path fails here too, not only where a GPU would load it
+    source = resolve_model(args.model)  # a mistyped path fails here too, not only where a GPU would load it
     dtype = parse_dtype(args.dtype)
     if dtype not in (torch.float16, torch.bfloat16):
         raise WandappError(f"2:4 kernels run in float16 or bfloat16, not {args.dtype}")
@@ -79,7 +79,7 @@ def run(args) -> None:
         write_json(args.output, skipped_result("this torch build has no cuSPARSELt"))
         log.warning("no cuSPARSELt in this torch build: wrote a skipped result to %s", args.output)
         return
-    model, _ = load_model(args.model, dtype=dtype, device=device)
+    model, _ = load_model(source, dtype=dtype, device=device)
     if args.llama7b_shapes:
         from ..bench.linear_sweep import LLAMA7B_SHAPES as shapes
     else:
