@@ -14,7 +14,8 @@ from torch import nn
 from conftest import build_tiny_llama
 from wandapp.bench import cslt_ops, cutlass_ops
 from wandapp.bench.cusparselt import Layout
-from wandapp.bench.end_to_end import compiled_blocks, restore_dense_linears, swap_in_sparse_linears
+from wandapp.bench.end_to_end import (compiled_blocks, has_sparse_modules, restore_dense_linears,
+                                      swap_in_sparse_linears)
 from wandapp.bench.mlp_sweep import GatedMLP, MlpCase
 from wandapp.bench.sparse_linear import NEVER, SparseLinear
 from wandapp.bench.sparse_mlp import SparseGatedMLP, down_layouts, gate_up_layouts, is_gated_mlp
@@ -133,7 +134,9 @@ def test_swap_runs_the_model_sparse_and_restore_gives_it_back(backend):
     ids = torch.randint(0, model.config.vocab_size, (2, 24))
     with torch.inference_mode():
         reference = model(input_ids=ids).logits
+    assert not has_sparse_modules(model)
     report = swap_in_sparse_linears(model, *POLICIES[backend], reference=True)
+    assert has_sparse_modules(model)
     assert set(report.values()) == {"sparse", "sparse (fused MLP)"}
     assert sum(v == "sparse (fused MLP)" for v in report.values()) == 3 * model.config.num_hidden_layers
     block = model.model.layers[0]
@@ -142,7 +145,7 @@ def test_swap_runs_the_model_sparse_and_restore_gives_it_back(backend):
         torch.testing.assert_close(model(input_ids=ids).logits, reference)
     restore_dense_linears(model)
     assert type(block.self_attn.q_proj) is nn.Linear and is_gated_mlp(block.mlp)
-    assert not any(isinstance(m, (SparseLinear, SparseGatedMLP)) for m in model.modules())
+    assert not has_sparse_modules(model)
 
 
 def test_a_never_sparse_policy_keeps_every_call_dense():

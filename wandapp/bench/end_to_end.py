@@ -59,6 +59,11 @@ def restore_dense_linears(model: nn.Module) -> None:
             setattr(model.get_submodule(parent_name), child, linear)
 
 
+def has_sparse_modules(model: nn.Module) -> bool:
+    """Whether swap_in_sparse_linears left sparse modules in the model (restore_dense_linears takes them out)."""
+    return any(isinstance(m, (SparseLinear, SparseGatedMLP)) for m in model.modules())
+
+
 @contextmanager
 def compiled_blocks(model: nn.Module, recompile_limit: int = 64):
     """Every decoder block run through torch.compile (inductor, default mode) inside the context.

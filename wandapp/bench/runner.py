@@ -8,8 +8,8 @@ import time
 
 import torch
 
-from .end_to_end import (capture_prefill, compiled_blocks, decode_tokens_per_s, logits_rel_error, random_ids,
-                         restore_dense_linears, swap_in_sparse_linears)
+from .end_to_end import (capture_prefill, compiled_blocks, decode_tokens_per_s, has_sparse_modules, logits_rel_error,
+                         random_ids, restore_dense_linears, swap_in_sparse_linears)
 from .linear_sweep import DEFAULT_TOKENS, crossover_tokens, time_shape, tune_algorithms
 from .cusparselt import DEFAULT_LAYOUTS, TORCH_LAYOUT, parse_layouts
 from .mlp_sweep import time_mlp
@@ -186,7 +186,7 @@ def end_to_end(model, policy, device, prefill_cases, decode_cases, decode_steps=
             rows["compile_error"] = f"{type(e).__name__}: {str(e)[:300]}"  # no compiled rows: no half-compared cases
             rows.pop("compiled_logits_rel_err", None)
             log(f"compiled prefill skipped: {rows['compile_error']}")
-    if "swapped_linears" not in rows:
+    if not has_sparse_modules(model):  # the compiled pass swapped them unless it failed first
         swap()
     rows["logits_rel_err"] = logits_rel_error(model, reference, ids)
     eager.update(_capture_prefills(model, "sparse", False, prefill_cases, device))
