@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 LIBRARY_ENV = "WANDAPP_CUTLASS_SPARSE"  # path of a prebuilt library
 SOURCE = Path(__file__).with_name("kernels") / "sm90_sparse_gemm.cu"
 LIBRARY_NAME = "libwandapp_sm90_sparse.so"
-# The configs the source defines, in index order (tile MxNxK, cluster, schedule); the library reports the same.
+# The configs of the source's WANDAPP_SM90_CONFIGS list, in index order (tile MxNxK, cluster, schedule); the
+# library reports the same names, and tests/test_cutlass_build.py checks the list against them.
 CONFIG_NAMES = ("128x128x128_c1x2_coop", "128x256x128_c1x1_coop", "256x128x128_c1x1_coop", "256x128x128_c2x1_coop",
                 "128x128x128_c1x1_ping", "64x128x128_c1x2_ping", "64x256x128_c1x1_ping", "128x128x128_c2x1_coop",
                 "256x128x64_c1x1_coop", "128x256x64_c1x1_coop", "256x128x64_c2x1_coop", "128x128x64_c1x1_ping",
