@@ -74,9 +74,7 @@ using Epi_ping = cutlass::epilogue::TmaWarpSpecialized;
   X(9, 128, 256, 64, 1, 1, coop)  \
   X(10, 256, 128, 64, 2, 1, coop) \
   X(11, 128, 128, 64, 1, 1, ping) \
-  X(12, 256, 128, 128, 1, 2, coop) \
-  X(13, 128, 256, 64, 2, 1, coop)  \
-  X(14, 128, 256, 64, 1, 2, coop)
+  X(12, 256, 128, 128, 1, 2, coop)
 
 #define WANDAPP_CONFIG_TYPE(I, TM, TN, TK, CM, CN, S) \
   using Config##I = Config<Shape<Int<TM>, Int<TN>, Int<TK>>, Shape<Int<CM>, Int<CN>, _1>, Kernel_##S, Epi_##S>;
