@@ -36,17 +36,155 @@ using LayoutD = cutlass::layout::ColumnMajor;  // y (tokens, out) written as D (
 constexpr int kAlign = 8;                      // 16 bytes of fp16
 using ProblemShape = Shape<int, int, int, int>;
 
-template <class Tile, class Cluster, class MainSchedule, class EpiSchedule>
+// CUTLASS's sparse mainloop with one k tile's wgmma kept in flight, as CUTLASS's dense sm90 mainloop does.
+//
+// CUTLASS 4.2's sparse mainloop (collective/sm90_sparse_mma_tma_gmma_ss_warpspecialized.hpp, BSD-3-Clause) loads
+// a k tile's metadata into one set of registers, so it waits for each tile's wgmma to finish before it loads the
+// next tile's (K_PIPE_MMAS = 0): each consumer warpgroup leaves the tensor pipe a gap between k tiles (release,
+// barrier, metadata load), which the other warpgroup fills only when their tiles do not end together. Here the
+// metadata alternates between two register buffers, so the next tile's wgmma is issued while the last one runs.
+// The metadata partitioning helpers are CUTLASS's private ones, restated.
+template <class Base>
+struct PipelinedSparseMma : Base {
+  using typename Base::MainloopPipeline;
+  using typename Base::PipelineState;
+  using typename Base::TensorStorage;
+  using typename Base::Params;
+  using typename Base::TiledMma;
+  using typename Base::SmemLayoutA;
+  using typename Base::SmemLayoutB;
+  using typename Base::SmemLayoutE;
+  using typename Base::SmemCopyAtomE;
+  using typename Base::ElementEMma;
+
+  template <class FrgTensorC>
+  CUTLASS_DEVICE void mma(MainloopPipeline pipeline, PipelineState smem_pipe_read, FrgTensorC& accum, int k_tile_count,
+                          int thread_idx, TensorStorage& shared_tensors, Params const&) {
+    Tensor sA = make_tensor(make_smem_ptr(shared_tensors.smem_A.begin()), SmemLayoutA{});  // (BLK_M,BLK_K,PIPE)
+    Tensor sB = make_tensor(make_smem_ptr(shared_tensors.smem_B.begin()), SmemLayoutB{});  // (BLK_N,BLK_K,PIPE)
+    Tensor sE = as_position_independent_swizzle_tensor(
+        make_tensor(make_smem_ptr(shared_tensors.smem_E.begin()), SmemLayoutE{}));        // (BLK_M,BLK_K,PIPE)
+
+    constexpr int kWarpGroups = size(TiledMma{}) / cutlass::NumThreadsPerWarpGroup;
+    Layout warp_group_thread_layout = make_layout(Int<kWarpGroups>{}, Int<cutlass::NumThreadsPerWarpGroup>{});
+    int warp_group = __shfl_sync(0xFFFFFFFF, thread_idx / cutlass::NumThreadsPerWarpGroup, 0);
+    TiledMma tiled_mma;
+    auto thread_mma = tiled_mma.get_thread_slice(warp_group_thread_layout(warp_group));
+    Tensor tCrA = thread_mma.make_fragment_A(thread_mma.partition_A(sA));  // (MMA,MMA_M,MMA_K,PIPE) descriptors
+    Tensor tCrB = thread_mma.make_fragment_B(thread_mma.partition_B(sB));  // (MMA,MMA_N,MMA_K,PIPE) descriptors
+
+    auto tiled_copy_E = make_tiled_copy_E(Copy_Atom<SmemCopyAtomE, uint32_t>{}, tiled_mma);
+    auto copy_E = tiled_copy_E.get_thread_slice(thread_idx);
+    Tensor tEsE = copy_E.partition_S(sE);                                         // (ECPY,ECPY_M,ECPY_K,PIPE)
+    Tensor tCrE0 = make_fragment_like<ElementEMma>(partition_E(thread_mma, sE(_, _, Int<0>{})));
+    Tensor tCrE1 = make_fragment_like<ElementEMma>(tCrE0);
+    Tensor tErE0 = copy_E.retile_D(tCrE0);
+    Tensor tErE1 = copy_E.retile_D(tCrE1);
+
+    PipelineState smem_pipe_release = smem_pipe_read;
+    tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
+    warpgroup_fence_operand(accum);
+    // One k tile into metadata buffer tErE: that buffer's last wgmma (two tiles back) has finished by now.
+    auto issue = [&](auto& tErE) {
+      auto barrier_token = pipeline.consumer_try_wait(smem_pipe_read);
+      pipeline.consumer_wait(smem_pipe_read, barrier_token);
+      int read_stage = smem_pipe_read.index();
+      copy(tiled_copy_E, tEsE(_, _, _, read_stage), tErE);
+      warpgroup_fence_operand(accum);
+      warpgroup_arrive();
+      CUTLASS_PRAGMA_UNROLL
+      for (int k_block = 0; k_block < size<2>(tCrA); ++k_block) {
+        cute::gemm(tiled_mma, make_zip_tensor(tCrA(_, _, k_block, read_stage), tErE(_, _, k_block)),
+                   tCrB(_, _, k_block, read_stage), accum);
+        tiled_mma.accumulate_ = GMMA::ScaleOut::One;
+      }
+      warpgroup_commit_batch();
+      ++smem_pipe_read;
+    };
+    // Wait for the previous tile's wgmma (the newest stays in flight) and hand its stage back to the producer.
+    auto retire = [&]() {
+      warpgroup_wait<1>();
+      warpgroup_fence_operand(accum);
+      pipeline.consumer_release(smem_pipe_release);
+      ++smem_pipe_release;
+    };
+    if (k_tile_count > 0) {
+      issue(tErE0);
+      --k_tile_count;
+    }
+    CUTLASS_PRAGMA_NO_UNROLL
+    for (; k_tile_count > 1; k_tile_count -= 2) {
+      issue(tErE1);
+      retire();
+      issue(tErE0);
+      retire();
+    }
+    if (k_tile_count > 0) {
+      issue(tErE1);
+      retire();
+    }
+    warpgroup_fence_operand(accum);
+  }
+
+  // mma released every stage but the last tile's, whose wgmma may still run.
+  CUTLASS_DEVICE void mma_tail(MainloopPipeline pipeline, PipelineState smem_pipe_release, int k_tile_count) {
+    if (k_tile_count <= 0) return;
+    smem_pipe_release.advance(k_tile_count - 1);
+    warpgroup_wait<0>();
+    pipeline.consumer_release(smem_pipe_release);
+  }
+
+ private:
+  // (thread, value) partitioning of the metadata, as CUTLASS's sparse mainloop computes it.
+  template <class MmaAtom, class AtomLayoutMNK, class PermutationMNK, class ETensor>
+  CUTE_HOST_DEVICE static constexpr auto thrfrg_E(TiledMMA<MmaAtom, AtomLayoutMNK, PermutationMNK> const& mma,
+                                                  ETensor&& etensor) {
+    using Mma = TiledMMA<MmaAtom, AtomLayoutMNK, PermutationMNK>;
+    auto t_tensor = logical_divide(etensor, make_tile(get<0>(PermutationMNK{}), get<2>(PermutationMNK{})));
+    auto e_tensor = zipped_divide(t_tensor, make_tile(make_layout(size<0>(typename Mma::AtomShape_MNK{})),
+                                                      make_layout(size<2>(typename Mma::AtomShape_MNK{}))));
+    auto tv_tensor = e_tensor.compose(typename Mma::Atom::Traits::ELayout{}, _);  // ((ThrV,FrgV),(RestM,RestK))
+    auto thr_tile = make_tile(_, make_tile(make_layout(size<1>(mma.thr_layout_vmnk_)),
+                                           make_layout(size<3>(mma.thr_layout_vmnk_))));
+    return zipped_divide(tv_tensor, thr_tile);  // ((ThrV,(ThrM,ThrK)),(FrgV,(RestM,RestK)))
+  }
+
+  template <class Mma>
+  CUTE_HOST_DEVICE static constexpr auto layout_E_TV(Mma const& mma) {
+    auto ref_E = make_layout(make_shape(tile_size<0>(mma), tile_size<2>(mma)));
+    auto layout_TV = thrfrg_E(mma, ref_E);
+    auto etile = make_tile(_, make_tile(make_layout(make_shape(size<1>(mma.thr_layout_vmnk_),
+                                                               size<2>(mma.thr_layout_vmnk_)),
+                                                    make_stride(Int<1>{}, Int<0>{})),
+                                        _));
+    return layout_TV.compose(etile, _).compose(right_inverse(mma.thr_layout_vmnk_), _);
+  }
+
+  template <class ThrMma, class ETensor>
+  CUTE_HOST_DEVICE static constexpr auto partition_E(ThrMma const& thr_mma, ETensor&& etensor) {
+    auto thr_tensor = make_tensor(static_cast<ETensor&&>(etensor).data(), thrfrg_E(thr_mma, etensor.layout()));
+    auto thr_vmk = make_coord(get<0>(thr_mma.thr_vmnk_), make_coord(get<1>(thr_mma.thr_vmnk_), get<3>(thr_mma.thr_vmnk_)));
+    return thr_tensor(thr_vmk, make_coord(_, repeat<rank<1, 1>(thr_tensor)>(_)));
+  }
+
+  template <class CopyAtom, class Mma>
+  CUTE_HOST_DEVICE static constexpr auto make_tiled_copy_E(CopyAtom const& copy_atom, Mma const& mma) {
+    return make_tiled_copy_impl(copy_atom, layout_E_TV(mma), make_shape(tile_size<0>(mma), tile_size<2>(mma)));
+  }
+};
+
+template <class Tile, class Cluster, class MainSchedule, class EpiSchedule, bool PipelineMetadata = false>
 struct Config {
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, Tile, Cluster,
       cutlass::epilogue::collective::EpilogueTileAuto, Accumulator, Accumulator,
       void, LayoutD, kAlign, Element, LayoutD, kAlign, EpiSchedule>::CollectiveOp;
-  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+  using CutlassMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassSparseTensorOp, Element, LayoutA, kAlign, Element, LayoutB, kAlign,
       Accumulator, Tile, Cluster,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       MainSchedule>::CollectiveOp;
+  using Mainloop = std::conditional_t<PipelineMetadata, PipelinedSparseMma<CutlassMainloop>, CutlassMainloop>;
   using Kernel = cutlass::gemm::kernel::GemmUniversal<ProblemShape, Mainloop, Epilogue>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 };
@@ -56,6 +194,9 @@ using Kernel_coop = KernelTmaWarpSpecializedCooperative;
 using Kernel_ping = KernelTmaWarpSpecializedPingpong;
 using Epi_coop = cutlass::epilogue::TmaWarpSpecializedCooperative;
 using Epi_ping = cutlass::epilogue::TmaWarpSpecialized;
+using Kernel_coopx = Kernel_coop;  // cooperative, with PipelinedSparseMma
+using Epi_coopx = Epi_coop;
+constexpr bool Pipelined_coop = false, Pipelined_ping = false, Pipelined_coopx = true;
 
 // The configs, in index order: X(index, tile M, N, K, cluster M, N, schedule). M is the weight's rows, N the
 // tokens. This one list defines each config's type, its name ("256x128x128_c1x2_coop") and its family: the K
@@ -74,10 +215,13 @@ using Epi_ping = cutlass::epilogue::TmaWarpSpecialized;
   X(9, 128, 256, 64, 1, 1, coop)  \
   X(10, 256, 128, 64, 2, 1, coop) \
   X(11, 128, 128, 64, 1, 1, ping) \
-  X(12, 256, 128, 128, 1, 2, coop)
+  X(12, 256, 128, 128, 1, 2, coop) \
+  X(13, 128, 256, 64, 1, 1, coopx) \
+  X(14, 256, 128, 128, 1, 2, coopx)
 
 #define WANDAPP_CONFIG_TYPE(I, TM, TN, TK, CM, CN, S) \
-  using Config##I = Config<Shape<Int<TM>, Int<TN>, Int<TK>>, Shape<Int<CM>, Int<CN>, _1>, Kernel_##S, Epi_##S>;
+  using Config##I =                                                                                     \
+      Config<Shape<Int<TM>, Int<TN>, Int<TK>>, Shape<Int<CM>, Int<CN>, _1>, Kernel_##S, Epi_##S, Pipelined_##S>;
 WANDAPP_SM90_CONFIGS(WANDAPP_CONFIG_TYPE)
 
 constexpr int family_of_k_tile(int k_tile) { return k_tile == 128 ? 0 : 1; }
