@@ -192,14 +192,16 @@ def test_cutlass_sparse_products_match_dense_in_every_config():
 
     lib = _cutlass_or_skip()
     gen = torch.Generator("cuda").manual_seed(0)
-    weight, x = make_operands((384, 512), 200, torch.float16, torch.device("cuda"), gen)
-    compressed = {family: lib.compress(weight, family) for family in set(lib.families)}
-    for tokens in (1, 7, 200):  # decode, a ragged count, several tiles
-        ref = torch.nn.functional.linear(x[:tokens], weight)
-        for choice in lib.choices(swizzles=(1, 2), rasters=(1, 2)):
-            y = lib.linear(*compressed[lib.families[choice.config]], x[:tokens], 384, choice)
-            assert y.shape == (tokens, 384) and y.is_contiguous()
-            assert rel_error(y, ref) < 1e-3, (tokens, choice.name())
+    # 512 inputs: an even number of K tiles for both families; 576: odd (5 of 128, the last one partial; 9 of 64)
+    for in_features in (512, 576):
+        weight, x = make_operands((384, in_features), 200, torch.float16, torch.device("cuda"), gen)
+        compressed = {family: lib.compress(weight, family) for family in set(lib.families)}
+        for tokens in (1, 7, 200):  # decode, a ragged count, several tiles
+            ref = torch.nn.functional.linear(x[:tokens], weight)
+            for choice in lib.choices(swizzles=(1, 2), rasters=(1, 2)):
+                y = lib.linear(*compressed[lib.families[choice.config]], x[:tokens], 384, choice)
+                assert y.shape == (tokens, 384) and y.is_contiguous()
+                assert rel_error(y, ref) < 1e-3, (in_features, tokens, choice.name())
 
 
 def test_model_on_cutlass_kernels_matches_dense_eager_and_compiled():

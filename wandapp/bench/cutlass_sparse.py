@@ -39,7 +39,7 @@ LIBRARY_NAME = "libwandapp_sm90_sparse.so"
 CONFIG_NAMES = ("128x128x128_c1x2_coop", "128x256x128_c1x1_coop", "256x128x128_c1x1_coop", "256x128x128_c2x1_coop",
                 "128x128x128_c1x1_ping", "64x128x128_c1x2_ping", "64x256x128_c1x1_ping", "128x128x128_c2x1_coop",
                 "256x128x64_c1x1_coop", "128x256x64_c1x1_coop", "256x128x64_c2x1_coop", "128x128x64_c1x1_ping",
-                "256x128x128_c1x2_coop", "128x256x64_c1x1_coopx", "256x128x128_c1x2_coopx")
+                "256x128x128_c1x2_coop", "128x256x64_c2x1_coop")
 CONFIG_COUNT = len(CONFIG_NAMES)
 RASTERS = {"heuristic": 0, "along_m": 1, "along_n": 2}
 PREFIX = "cutlass/"  # a tuned choice's name, in the place of a cuSPARSELt layout name

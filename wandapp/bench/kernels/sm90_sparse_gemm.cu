@@ -194,14 +194,15 @@ using Kernel_coop = KernelTmaWarpSpecializedCooperative;
 using Kernel_ping = KernelTmaWarpSpecializedPingpong;
 using Epi_coop = cutlass::epilogue::TmaWarpSpecializedCooperative;
 using Epi_ping = cutlass::epilogue::TmaWarpSpecialized;
-using Kernel_coopx = Kernel_coop;  // cooperative, with PipelinedSparseMma
-using Epi_coopx = Epi_coop;
-constexpr bool Pipelined_coop = false, Pipelined_ping = false, Pipelined_coopx = true;
+// The cooperative configs with a K tile of 64 run PipelinedSparseMma: on the H100 it cut their SM cycles by up to
+// 26% where they were not held by DRAM, and did not help the K-128 tiles (ncu; docs/speed.md).
+constexpr bool Pipelined_coop = true, Pipelined_ping = false;
 
 // The configs, in index order: X(index, tile M, N, K, cluster M, N, schedule). M is the weight's rows, N the
 // tokens. This one list defines each config's type, its name ("256x128x128_c1x2_coop") and its family: the K
 // tile fixes the compressed layout, family 0 for K 128, family 1 for K 64 (more pipeline stages). Config 12
-// multicasts the weight tile to the two CTAs of its cluster: about 2-4% faster than config 2 (ncu, H100).
+// multicasts the weight tile to the two CTAs of its cluster: about 2-4% faster than config 2 (ncu, H100); config
+// 13 is cuSPARSELt's tile and cluster.
 #define WANDAPP_SM90_CONFIGS(X)   \
   X(0, 128, 128, 128, 1, 2, coop) \
   X(1, 128, 256, 128, 1, 1, coop) \
@@ -216,12 +217,12 @@ constexpr bool Pipelined_coop = false, Pipelined_ping = false, Pipelined_coopx =
   X(10, 256, 128, 64, 2, 1, coop) \
   X(11, 128, 128, 64, 1, 1, ping) \
   X(12, 256, 128, 128, 1, 2, coop) \
-  X(13, 128, 256, 64, 1, 1, coopx) \
-  X(14, 256, 128, 128, 1, 2, coopx)
+  X(13, 128, 256, 64, 2, 1, coop)
 
 #define WANDAPP_CONFIG_TYPE(I, TM, TN, TK, CM, CN, S) \
   using Config##I =                                                                                     \
-      Config<Shape<Int<TM>, Int<TN>, Int<TK>>, Shape<Int<CM>, Int<CN>, _1>, Kernel_##S, Epi_##S, Pipelined_##S>;
+      Config<Shape<Int<TM>, Int<TN>, Int<TK>>, Shape<Int<CM>, Int<CN>, _1>, Kernel_##S, Epi_##S,            \
+             Pipelined_##S && TK == 64>;
 WANDAPP_SM90_CONFIGS(WANDAPP_CONFIG_TYPE)
 
 constexpr int family_of_k_tile(int k_tile) { return k_tile == 128 ? 0 : 1; }
