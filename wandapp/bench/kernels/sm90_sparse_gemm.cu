@@ -163,7 +163,8 @@ struct PipelinedSparseMma : Base {
   template <class ThrMma, class ETensor>
   CUTE_HOST_DEVICE static constexpr auto partition_E(ThrMma const& thr_mma, ETensor&& etensor) {
     auto thr_tensor = make_tensor(static_cast<ETensor&&>(etensor).data(), thrfrg_E(thr_mma, etensor.layout()));
-    auto thr_vmk = make_coord(get<0>(thr_mma.thr_vmnk_), make_coord(get<1>(thr_mma.thr_vmnk_), get<3>(thr_mma.thr_vmnk_)));
+    auto thr_vmk =
+        make_coord(get<0>(thr_mma.thr_vmnk_), make_coord(get<1>(thr_mma.thr_vmnk_), get<3>(thr_mma.thr_vmnk_)));
     return thr_tensor(thr_vmk, make_coord(_, repeat<rank<1, 1>(thr_tensor)>(_)));
   }
 
@@ -219,10 +220,9 @@ constexpr bool Pipelined_coop = true, Pipelined_ping = false;
   X(12, 256, 128, 128, 1, 2, coop) \
   X(13, 128, 256, 64, 2, 1, coop)
 
-#define WANDAPP_CONFIG_TYPE(I, TM, TN, TK, CM, CN, S) \
-  using Config##I =                                                                                     \
-      Config<Shape<Int<TM>, Int<TN>, Int<TK>>, Shape<Int<CM>, Int<CN>, _1>, Kernel_##S, Epi_##S,            \
-             Pipelined_##S && TK == 64>;
+#define WANDAPP_CONFIG_TYPE(I, TM, TN, TK, CM, CN, S)                                                 \
+  using Config##I = Config<Shape<Int<TM>, Int<TN>, Int<TK>>, Shape<Int<CM>, Int<CN>, _1>, Kernel_##S, Epi_##S, \
+                           Pipelined_##S && TK == 64>;
 WANDAPP_SM90_CONFIGS(WANDAPP_CONFIG_TYPE)
 
 constexpr int family_of_k_tile(int k_tile) { return k_tile == 128 ? 0 : 1; }
