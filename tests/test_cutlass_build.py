@@ -15,6 +15,9 @@ import torch
 from wandapp.bench import cutlass_sparse as cs
 from wandapp.errors import WandappError
 
+# Each config's compressed-weight layout ("family"): 1 for a K tile of 64, 0 for 128, as the source derives it.
+FAMILIES = [int(name.split("_")[0].endswith("x64")) for name in cs.CONFIG_NAMES]
+
 
 def test_source_defines_the_configs_python_expects():
     """The source's one config list (index, tile, cluster, schedule) names exactly CONFIG_NAMES, in order."""
@@ -113,7 +116,7 @@ def test_real_nvcc_builds_a_library_that_loads_without_a_gpu(tmp_path, monkeypat
     cs.load_library.cache_clear()
     try:
         lib = cs.load_library()  # raises unless the library holds exactly CONFIG_NAMES
-        assert [lib.wandapp_sm90_sparse_config_family(i) for i in range(cs.CONFIG_COUNT)] == [0] * 8 + [1] * 4 + [0]
+        assert [lib.wandapp_sm90_sparse_config_family(i) for i in range(cs.CONFIG_COUNT)] == FAMILIES
         for family in (0, 1):
             values, meta = ctypes.c_uint64(), ctypes.c_uint64()
             lib.wandapp_sm90_sparse_sizes(4096, 11008, family, ctypes.byref(values), ctypes.byref(meta))
@@ -126,7 +129,7 @@ def test_real_nvcc_builds_a_library_that_loads_without_a_gpu(tmp_path, monkeypat
 class _FakeCutlass:
     """CutlassSparse's tuning surface on the CPU: exact products, and a made-up time per choice."""
 
-    families = [int(name.split("_")[0].endswith("x64")) for name in cs.CONFIG_NAMES]  # the K tile's layout
+    families = FAMILIES
 
     def __init__(self):
         self.last = self.last_x = None
