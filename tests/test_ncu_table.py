@@ -1,4 +1,4 @@
-"""benchmarks/ncu_table.py on the committed Nsight Compute reports of the H100 (no GPU needed)."""
+"""benchmarks/ncu_table.py on the committed Nsight Compute reports of the H100 and H200 (no GPU needed)."""
 
 import importlib.util
 from pathlib import Path
@@ -7,6 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "benchmarks" / "results" / "h100_ncu"
+H200_REPORTS = ROOT / "benchmarks" / "results" / "h200_ncu"
 SHAPES = {"gateup": (22016, 4096), "down": (4096, 11008)}  # (out, in) of the profiled products
 
 
@@ -29,13 +30,13 @@ def test_both_report_kinds_are_read_and_labelled_by_product(ncu_table):
     assert cusparselt["kcycles"] == pytest.approx(cusparselt["ms"] * cusparselt["mhz"])
 
 
-@pytest.mark.parametrize("report", sorted(p.name for p in REPORTS.glob("*_smem.csv")) +
-                         sorted(p.name for p in REPORTS.glob("*_tuned.csv")))
+@pytest.mark.parametrize("report", sorted(REPORTS.glob("*_smem.csv")) + sorted(REPORTS.glob("*_tuned.csv")) +
+                         sorted(H200_REPORTS.glob("*_smem.csv")), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_wgmma_reads_are_the_fewest_the_warpgroup_tile_allows(ncu_table, report):
     """docs/speed.md's account: a 2:4 wgmma reads 1/64 byte of activations per dense-equivalent FLOP, and a
     64 x N warpgroup tile reads the compressed weight at 1/(2N); one wavefront moves 128 bytes. cuSPARSELt's
     warpgroups compute 64 x 256."""
-    shape, tokens = report.split("_")[:2]
+    shape, tokens = report.name.split("_")[:2]
     flops = 2 * SHAPES[shape][0] * SHAPES[shape][1] * int(tokens)
-    *_, (_, cusparselt) = ncu_table.raw_kernels(REPORTS / report)
+    *_, (_, cusparselt) = ncu_table.raw_kernels(report)
     assert round(cusparselt["wgmma"] * 1e6) == flops // 64 // 128 + flops // 512 // 128
