@@ -5,7 +5,7 @@
 set -u
 OUT=${OUT:?set OUT to a folder}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-M=gpu__time_duration.sum,sm__cycles_elapsed.avg.per_second,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_elapsed,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared_op_gmma.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum.pct_of_peak_sustained_elapsed,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_gmma.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed
+M=$(python3 benchmarks/ncu_table.py --print-metrics)
 p() { /usr/local/cuda/bin/ncu --clock-control none --profile-from-start off --metrics $M --csv --page raw python3 benchmarks/profile_products.py --shape $1 --tokens $2 --cutlass $3 --cslt $4 > $OUT/$5.csv 2>$OUT/$5.err; echo "$5 rc=$?"; }
 p 22016,4096 2048 cutlass/128x256x64_c2x1_coop/swizzle8/along_n,cutlass/128x256x64_c1x1_coop/swizzle2/along_m 25,1,sparseA+y_t+col gateup_2048
 p 22016,4096 8192 cutlass/128x256x64_c2x1_coop/swizzle8/along_m,cutlass/128x256x64_c1x1_coop/swizzle2/along_m 25,1,sparseA+y_t gateup_8192

@@ -22,6 +22,13 @@ COLUMNS = {"Duration": "ms", "SM Frequency": "SM MHz", "Compute (SM) Throughput"
            "L1/TEX Cache Throughput": "L1/TEX %", "L2 Cache Throughput": "L2 %", "DRAM Throughput": "DRAM %",
            "L2 Hit Rate": "L2 hit %"}
 SMEM = "l1tex__data_pipe_lsu_wavefronts_mem_shared"
+# The metrics a raw report is asked for (`--print-metrics` gives ncu's --metrics list); DRAM is recorded, not tabulated.
+RAW_METRICS = {"seconds": "gpu__time_duration.sum", "hertz": "sm__cycles_elapsed.avg.per_second",
+               "tensor": "sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_elapsed",
+               "wavefronts": f"{SMEM}.sum", "wgmma": f"{SMEM}_op_gmma.sum",
+               "pipe": f"{SMEM}.sum.pct_of_peak_sustained_elapsed",
+               "conflicts": "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_gmma.sum",
+               "dram": "dram__throughput.avg.pct_of_peak_sustained_elapsed"}
 RAW_COLUMNS = {"ms": "ms", "mhz": "SM MHz", "kcycles": "k SM cycles", "tensor": "tensor pipe %",
                "wavefronts": "shared wavefronts (M)", "wgmma": "of them wgmma (M)", "pipe": "shared pipe %",
                "conflicts": "wgmma bank conflicts"}
@@ -54,14 +61,12 @@ def raw_kernels(path: Path) -> list[tuple[str, dict[str, float]]]:
     rows = list(csv.DictReader(io.StringIO("\n".join(_split(path)[1]))))[1:]
     out = []
     for row in rows:
-        value = lambda name: float(row[name].replace(",", ""))  # noqa: E731
-        seconds, hertz = value("gpu__time_duration.sum") / 1e9, value("sm__cycles_elapsed.avg.per_second")
+        value = lambda key: float(row[RAW_METRICS[key]].replace(",", ""))  # noqa: E731
+        seconds, hertz = value("seconds") / 1e9, value("hertz")
         out.append((row["Kernel Name"], {
-            "ms": seconds * 1e3, "mhz": hertz / 1e6, "kcycles": seconds * hertz / 1e3,
-            "tensor": value("sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_elapsed"),
-            "wavefronts": value(f"{SMEM}.sum") / 1e6, "wgmma": value(f"{SMEM}_op_gmma.sum") / 1e6,
-            "pipe": value(f"{SMEM}.sum.pct_of_peak_sustained_elapsed"),
-            "conflicts": value("l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_gmma.sum")}))
+            "ms": seconds * 1e3, "mhz": hertz / 1e6, "kcycles": seconds * hertz / 1e3, "tensor": value("tensor"),
+            "wavefronts": value("wavefronts") / 1e6, "wgmma": value("wgmma") / 1e6, "pipe": value("pipe"),
+            "conflicts": value("conflicts")}))
     return out
 
 
@@ -83,10 +88,16 @@ def raw_row(label: str, metrics: dict[str, float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("reports", nargs="+", type=Path)
+    parser.add_argument("reports", nargs="*", type=Path)
+    parser.add_argument("--print-metrics", action="store_true", help="print the --metrics list a raw report needs")
     parser.add_argument("--labels", default="", help="comma-separated row labels, in launch order (default: the "
                         "products the report's preamble names, else the kernel names)")
     args = parser.parse_args()
+    if args.print_metrics:
+        print(",".join(RAW_METRICS.values()))
+        return
+    if not args.reports:
+        parser.error("give the reports to tabulate")
     given = [label for label in args.labels.split(",") if label]
     header = None
     for report in args.reports:

@@ -40,3 +40,10 @@ def test_wgmma_reads_are_the_fewest_the_warpgroup_tile_allows(ncu_table, report)
     flops = 2 * SHAPES[shape][0] * SHAPES[shape][1] * int(tokens)
     *_, (_, cusparselt) = ncu_table.raw_kernels(report)
     assert round(cusparselt["wgmma"] * 1e6) == flops // 64 // 128 + flops // 512 // 128
+
+
+def test_the_printed_metric_list_is_what_the_h200_reports_hold(ncu_table):
+    """benchmarks/ncu_smem_h200.sh asks ncu for RAW_METRICS; each committed report has a column for every one."""
+    for report in sorted(H200_REPORTS.glob("*_smem.csv")):
+        header = next(iter(ncu_table.csv.reader([ncu_table._split(report)[1][0]])))
+        assert set(ncu_table.RAW_METRICS.values()) <= set(header), report.name
