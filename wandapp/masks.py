@@ -2,6 +2,8 @@
 
 Unstructured: every output row loses its int(in_features * ratio) lowest scores (Wanda's comparison group).
 N:M: every group of M consecutive input channels of a row keeps its N highest scores (the layout of NVIDIA 2:4).
+Exact count (a sparsity profile's allocation, see wandapp/profile.py): the matrix loses exactly `count` weights,
+count // rows per output row and one more in the first count % rows rows.
 Ties go to the lower column index (stable sort), so masks are deterministic.
 """
 
@@ -20,6 +22,7 @@ class SparsityPattern:
     ratio: float  # fraction of weights pruned
     n: int = 0  # kept per group (N:M only)
     m: int = 0  # group size (N:M only)
+    count: int | None = None  # unstructured only: exact number of weights to prune in the matrix (else per row)
 
     @property
     def is_nm(self) -> bool:
@@ -47,7 +50,11 @@ class SparsityPattern:
         return cls(ratio=ratio)
 
     def mask(self, score: torch.Tensor) -> torch.Tensor:
-        return nm_mask(score, self.n, self.m) if self.is_nm else unstructured_mask(score, self.ratio)
+        if self.is_nm:
+            return nm_mask(score, self.n, self.m)
+        if self.count is not None:
+            return count_mask(score, self.count)
+        return unstructured_mask(score, self.ratio)
 
 
 def unstructured_mask(score: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -59,6 +66,19 @@ def unstructured_mask(score: torch.Tensor, ratio: float) -> torch.Tensor:
         idx = torch.sort(score, dim=1, stable=True).indices[:, :k]
         mask.scatter_(1, idx, True)
     return mask
+
+
+def count_mask(score: torch.Tensor, count: int) -> torch.Tensor:
+    """Prune exactly `count` lowest-scored weights, compared per output row: count // rows in every row and one
+    more in the first count % rows rows."""
+    rows, cols = score.shape
+    if not 0 <= count <= rows * cols:
+        raise ValueError(f"cannot prune {count} of {rows * cols} weights")
+    per_row = torch.full((rows, 1), count // rows, dtype=torch.long, device=score.device)
+    per_row[: count % rows] += 1
+    order = torch.sort(score, dim=1, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(cols, device=score.device).expand(rows, cols))
+    return rank < per_row
 
 
 def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:

@@ -110,12 +110,17 @@ class BlockContext:
     groups: tuple = LINEAR_GROUPS
     log: dict = field(default_factory=dict)  # per-block figures a method wants in the report
     next_inputs: torch.Tensor | None = None  # set by a method whose last pass already gave the block's outputs
+    patterns: dict = field(default_factory=dict)  # linear name -> pattern replacing the method's (a sparsity profile)
     _stages_ok: bool | None = field(default=None, repr=False)
     _kwargs_by_dtype: dict = field(default_factory=dict, repr=False)
 
     @property
     def nsamples(self) -> int:
         return self.inputs.shape[0]
+
+    def pattern_for(self, name: str, default):
+        """The sparsity pattern of linear `name` in this block: a profile's allocation, else the method's own."""
+        return self.patterns.get(name, default)
 
     def batches(self, samples: Sequence[int] | None = None, size: int | None = None) -> Iterator[torch.Tensor]:
         idx = list(range(self.nsamples)) if samples is None else list(samples)
@@ -216,6 +221,9 @@ class PruningMethod(Protocol):
 
     def prune_block(self, ctx: BlockContext) -> None: ...
 
+    # Optional: `prepare(model, input_ids, device, offload, store, micro_batch)` runs once on the dense model before
+    # the walk (GBLM's full-model gradients, a sparsity profile's statistics).
+
 
 def walk_blocks(
     model: nn.Module,
@@ -251,6 +259,9 @@ def walk_blocks(
 def prune_model(model, input_ids, method: PruningMethod, device, offload=True, store=None, micro_batch=4) -> list[dict]:
     """Prune every block of `model` in place with `method`; return each block's log."""
     logs: list[dict] = []
+    prepare = getattr(method, "prepare", None)
+    if prepare is not None:
+        prepare(model, input_ids, device, offload=offload, store=store, micro_batch=micro_batch)
 
     def visit(ctx: BlockContext) -> None:
         method.prune_block(ctx)

@@ -13,7 +13,8 @@ HYPERPARAMETERS = [
     ("--ro-lr", float, "Wanda++: RMSprop learning rate of RO (default 3e-7)"),
     ("--ro-batch", int, "Wanda++: samples per RMSprop step (default 1, as the paper's code)"),
     ("--ro-epochs", int, "Wanda++: passes over the M samples per round (default 1)"),
-    ("--x-norm", str, "Wanda++: ||X_j|| convention: l2 (all tokens, default), per-sample (/sqrt N), rms"),
+    ("--x-norm", str, "Wanda++ and GBLM: ||X_j|| convention: l2 (all tokens; Wanda++'s default), per-sample "
+                      "(/sqrt N; GBLM's default, as its code), rms"),
     ("--g-norm", str, "Wanda++: G scaling: none (paper, default) or mean (G rescaled to the mean ||X_j||)"),
     ("--loop-norms", str, "Wanda++: in-loop RGS input norms over all N samples (default, method.md's reading) or "
                           "'ro': the round's M RO samples, scaled to N (the authors' code; faster)"),
@@ -21,7 +22,17 @@ HYPERPARAMETERS = [
                          "RO's steps), bf16-autocast, tf32 or fp32"),
     ("--blocksize", int, "SparseGPT: columns per lazy-update block (default 128)"),
     ("--percdamp", float, "SparseGPT: Hessian damping as a fraction of its mean diagonal (default 0.01)"),
+    ("--gradient-norm", str, "GBLM: aggregate the per-sample LM-loss gradients as l2, sqrt(sum (scale*g)^2) "
+                             "(default), or l1, sum |scale*g|"),
+    ("--gradient-scale", float, "GBLM: the gradient scale folded into G, weighing it against ||X|| (default 100)"),
+    ("--gradient-chunk", int, "GBLM: samples per forward/backward sweep of the gradient pass (memory only; "
+                              "default 16)"),
 ]
+# Which flags each method takes (the rest are left unset for it).
+METHOD_FLAGS = {
+    "sparsegpt": ("blocksize", "percdamp"),
+    "gblm": ("x_norm", "gradient_norm", "gradient_scale", "gradient_chunk"),
+}
 
 
 def register(sub) -> None:
@@ -73,9 +84,10 @@ def run(args) -> None:
              for flag, _, _ in HYPERPARAMETERS}
     hyper.update(seed=args.seed, track_error=args.track_error or None)
     if args.method.startswith("wanda++"):
-        hyper = {k: v for k, v in hyper.items() if k not in ("blocksize", "percdamp")}
-    elif args.method == "sparsegpt":
-        hyper = {k: hyper[k] for k in ("blocksize", "percdamp")}
+        others = {k for m, keys in METHOD_FLAGS.items() for k in keys} - {"x_norm"}
+        hyper = {k: v for k, v in hyper.items() if k not in others}
+    elif args.method in METHOD_FLAGS:
+        hyper = {k: hyper[k] for k in METHOD_FLAGS[args.method]}
     else:
         hyper = {}
     method = build_method(args.method, pattern, args.preset, **hyper)

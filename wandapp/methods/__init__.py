@@ -6,6 +6,7 @@ from dataclasses import fields
 
 from ..errors import WandappError
 from ..masks import SparsityPattern
+from .gblm import Gblm
 from .magnitude import Magnitude
 from .sparsegpt import SparseGPT
 from .wanda import Wanda
@@ -16,6 +17,7 @@ METHODS = {
     "magnitude": (Magnitude, {}),
     "wanda": (Wanda, {}),
     "sparsegpt": (SparseGPT, {}),
+    "gblm": (Gblm, {}),
     "wanda++": (WandaPlusPlus, {}),
     "wanda++-rgs": (WandaPlusPlus, {"ro": False}),
     "wanda++-ro": (WandaPlusPlus, {"rgs": False}),

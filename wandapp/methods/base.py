@@ -28,10 +28,10 @@ class LayerwiseMethod:
     def prune_block(self, ctx: BlockContext) -> None:
         stats = ctx.collect(self.stat, list(ctx.linears)) if self.stat else {}
         for name, linear in ctx.linears.items():
-            self.prune_linear(linear, stats.get(name))
+            self.prune_linear(linear, stats.get(name), ctx.pattern_for(name, self.pattern))
 
-    def prune_linear(self, linear: nn.Linear, stat) -> None:
-        mask = self.pattern.mask(self.score(linear, stat))
+    def prune_linear(self, linear: nn.Linear, stat, pattern: SparsityPattern) -> None:
+        mask = pattern.mask(self.score(linear, stat))
         apply_mask(linear.weight.data, mask)
 
     def score(self, linear: nn.Linear, stat) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """SparseGPT (Frantar & Alistarh 2023): OBS-style pruning with the inverse-Hessian weight update.
 
 Faithful to the reference code (damping 0.01 of the mean diagonal, blocks of 128 columns, lazy batched updates;
-unstructured masks chosen per 128-column block, N:M masks chosen on the already-updated weights), with one fix:
+unstructured masks chosen per 128-column block (an exact count, from a sparsity profile, spread over the blocks in
+proportion to their width), N:M masks chosen on the already-updated weights), with one fix:
 the reference prunes every score <= the k-th, i.e. k+1 weights plus ties; here exactly k are pruned.
 """
 
@@ -32,6 +33,11 @@ def _inverse_hessian_factor(H: torch.Tensor, percdamp: float) -> torch.Tensor:
     raise torch.linalg.LinAlgError("Hessian not positive definite even with 1000x damping")
 
 
+def _share(count: int, i1: int, i2: int, cols: int) -> int:
+    """Columns [i1, i2)'s part of an exact count spread over all columns in proportion (the parts sum to count)."""
+    return count * i2 // cols - count * i1 // cols
+
+
 @torch.no_grad()
 def sparsegpt_prune(weight: torch.Tensor, H: torch.Tensor, pattern: SparsityPattern,
                     blocksize: int = 128, percdamp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +62,7 @@ def sparsegpt_prune(weight: torch.Tensor, H: torch.Tensor, pattern: SparsityPatt
         M1 = torch.zeros_like(W1, dtype=torch.bool)
         if not pattern.is_nm and pattern.ratio > 0:
             score = (W1.square() / d.square().unsqueeze(0)).flatten()
-            k = int(score.numel() * pattern.ratio)
+            k = int(score.numel() * pattern.ratio) if pattern.count is None else _share(pattern.count, i1, i2, cols)
             M1.view(-1)[torch.sort(score, stable=True).indices[:k]] = True
         for i in range(i2 - i1):
             if pattern.is_nm and i % pattern.m == 0:
@@ -82,7 +88,7 @@ class SparseGPT(LayerwiseMethod):
     blocksize: int = 128
     percdamp: float = 0.01
 
-    def prune_linear(self, linear, stat: Hessian) -> None:
-        W, mask = sparsegpt_prune(linear.weight, stat.H, self.pattern, self.blocksize, self.percdamp)
+    def prune_linear(self, linear, stat: Hessian, pattern: SparsityPattern) -> None:
+        W, mask = sparsegpt_prune(linear.weight, stat.H, pattern, self.blocksize, self.percdamp)
         linear.weight.data.copy_(W.to(linear.weight.dtype))
         apply_mask(linear.weight.data, mask)

@@ -147,7 +147,8 @@ class WandaPlusPlus:
         def prune_group(names, stats):
             for name in names:
                 w = ctx.linears[name].weight
-                mask = self.pattern.mask(self.score(w, stats[name], G and G[name], ctx.nsamples))
+                pattern = ctx.pattern_for(name, self.pattern)
+                mask = pattern.mask(self.score(w, stats[name], G and G[name], ctx.nsamples))
                 apply_mask(w.data, mask)
                 if shadow is not None:
                     apply_mask(shadow.get_submodule(name).weight.data, mask)
