@@ -55,6 +55,9 @@ def test_cached_calibration_gives_the_same_model(tiny_llama_dir, data_dir, tmp_p
     (["--method", "wanda++", "--sparsity", "0.5", "--x-norm", "l3"], "x_norm"),
     (["--method", "wanda", "--sparsity", "0.5", "--data-dir", "/nonexistent"], "data folder not found"),
     (["--method", "wanda", "--sparsity", "0.5", "--calibration", "/no/such.jsonl"], "unknown calibration source"),
+    (["--method", "wanda", "--sparsity", "0.5", "--sparsity-profile", "steep"], "unknown sparsity profile 'steep'"),
+    (["--method", "wanda++", "--sparsity", "2:4", "--sparsity-profile", "owl"], "cannot apply to the N:M pattern 2:4"),
+    (["--method", "gblm", "--sparsity", "0.5", "--gradient-norm", "l3"], "gradient_norm"),
 ])
 def test_bad_input_is_one_line_and_nonzero(tiny_llama_dir, tmp_path, capsys, args, message):
     code = run_cli("prune", "--model", tiny_llama_dir, *SMALL, *args, "--output", tmp_path / "o")

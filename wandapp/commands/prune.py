@@ -49,6 +49,14 @@ def register(sub) -> None:
                    help="unstructured ratio in [0, 1) pruned per output row (e.g. 0.5), or N:M such as 2:4 or 4:8 "
                         "(keep N of every M consecutive inputs)")
     add_calibration_options(p)
+    p.add_argument("--sparsity-profile", default="uniform", metavar="PROFILE",
+                   help="layer-wise sparsity for unstructured patterns: uniform (default: every block at the target) "
+                        "or owl (OWL: fewer pruned weights in blocks with more outlier activations; the mean over all "
+                        "pruned weights stays the target; per-block ratios in prune_report.json)")
+    p.add_argument("--owl-m", type=float, default=None,
+                   help="OWL: a Wanda score above M times its block's mean is an outlier (default 5)")
+    p.add_argument("--owl-lambda", type=float, default=None,
+                   help="OWL: block sparsities stay within the target +- lambda (default 0.08)")
     p.add_argument("--preset", default="paper", choices=list(PRESETS),
                    help="Wanda++ hyperparameter set: paper (the paper's defaults), tuned (RO lr 3e-4, chosen on "
                         "WikiText-2 validation for SmolLM2) or tuned-long (tuned with RO on all 128 calibration "
@@ -74,6 +82,7 @@ def run(args) -> None:
     from ..masks import SparsityPattern
     from ..methods import build_method
     from ..models import load_model, save_model
+    from ..profile import profile_report, with_profile
     from ..prune_report import sparsity_summary
     from ..runinfo import measured, versions
     from ..walker import prune_model
@@ -90,7 +99,8 @@ def run(args) -> None:
         hyper = {k: hyper[k] for k in METHOD_FLAGS[args.method]}
     else:
         hyper = {}
-    method = build_method(args.method, pattern, args.preset, **hyper)
+    method = with_profile(build_method(args.method, pattern, args.preset, **hyper), pattern,
+                          args.sparsity_profile, args.owl_m, args.owl_lambda)
     if args.micro_batch < 1:
         raise WandappError("--micro-batch must be >= 1")
     device, dtype = device_and_dtype(args)
@@ -112,6 +122,7 @@ def run(args) -> None:
         "pattern": {"ratio": pattern.ratio, "n": pattern.n, "m": pattern.m},
         "preset": args.preset if args.method.startswith("wanda++") else None,
         "hyperparameters": method.hyperparameters(),
+        "sparsity_profile": profile_report(method),
         "seed": args.seed,
         "calibration": calib,
         "dtype": dtype,
