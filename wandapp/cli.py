@@ -5,13 +5,27 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import pkgutil
 import sys
+from pathlib import Path
 
 from . import __version__
 from .errors import WandappError
 
 # Each module defines register(subparsers) and sets `func` on its parser. Order is the order in --help.
-COMMANDS = ["convert", "calibrate", "prune", "ppl", "tasks", "lora", "bench", "export", "report"]
+COMMANDS = ["convert", "calibrate", "prune", "ppl", "tasks", "lora", "report"]
+
+
+def optional_commands() -> list[tuple[str, str]]:
+    """(subpackage, command) for each wandapp/<subpackage>/commands/<command>.py of an optional wing such as the 2:4
+    kernel lab, found on disk so that the core never imports the wing."""
+    root = Path(__file__).parent
+    found = []
+    for pkg in pkgutil.iter_modules([str(root)]):
+        folder = root / pkg.name / "commands"
+        if pkg.ispkg and pkg.name != "commands" and (folder / "__init__.py").is_file():
+            found += [(pkg.name, m.name) for m in pkgutil.iter_modules([str(folder)]) if not m.name.startswith("_")]
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # stage not built yet
             raise
         module.register(sub)
+    for pkg, name in optional_commands():
+        importlib.import_module(f"wandapp.{pkg}.commands.{name}").register(sub)
     return parser
 
 
