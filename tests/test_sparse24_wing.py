@@ -36,11 +36,17 @@ def test_no_core_module_imports_the_wing():
         assert not wing, f"{path.name} imports {wing}"
 
 
-def test_cli_finds_the_wings_commands():
-    assert ("sparse24", "bench") in cli.optional_commands() and ("sparse24", "export") in cli.optional_commands()
+def test_cli_and_workflow_find_the_wings_commands():
+    from wandapp.codeversion import stage_code_hash, stage_files
+    from wandapp.commands import optional_commands
+
+    assert {("sparse24", "bench"), ("sparse24", "export")} <= set(optional_commands())
     assert not {"bench", "export"} & set(cli.COMMANDS)
     choices = next(a for a in cli.build_parser()._actions if a.dest == "command").choices
     assert {"bench", "export", "prune", "report"} <= set(choices)
+    # the bench rule's code trigger still covers the kernel lab's modules
+    assert stage_code_hash("bench") not in ("missing", stage_code_hash("export"))
+    assert {"sparse24/commands/bench.py", "sparse24/runner.py", "sparse24/cusparselt.py"} <= set(stage_files("bench"))
 
 
 def test_cutlass_on_without_the_extra_says_how_to_install_it(tiny_llama_dir, tmp_path, capsys, monkeypatch):

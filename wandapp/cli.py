@@ -5,27 +5,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import pkgutil
 import sys
-from pathlib import Path
 
 from . import __version__
+from .commands import optional_commands
 from .errors import WandappError
 
 # Each module defines register(subparsers) and sets `func` on its parser. Order is the order in --help.
 COMMANDS = ["convert", "calibrate", "prune", "ppl", "tasks", "lora", "report"]
-
-
-def optional_commands() -> list[tuple[str, str]]:
-    """(subpackage, command) for each wandapp/<subpackage>/commands/<command>.py of an optional wing such as the 2:4
-    kernel lab, found on disk so that the core never imports the wing."""
-    root = Path(__file__).parent
-    found = []
-    for pkg in pkgutil.iter_modules([str(root)]):
-        folder = root / pkg.name / "commands"
-        if pkg.ispkg and pkg.name != "commands" and (folder / "__init__.py").is_file():
-            found += [(pkg.name, m.name) for m in pkgutil.iter_modules([str(folder)]) if not m.name.startswith("_")]
-    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
