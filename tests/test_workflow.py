@@ -77,9 +77,20 @@ def test_paper_config_dag():
     assert r.returncode == 0, r.stderr + r.stdout
     counts = job_counts(r.stdout)
     assert counts["convert"] == 5 and counts["calibrate"] == 5
-    assert counts["prune"] == 5 * 6 * 3
+    assert counts["prune"] == 5 * 7 * 3
     assert "--nsamples 128 --seqlen 2048" in r.stdout
     assert "huggyllama/llama-13b" in r.stdout
+
+
+def test_owl_profile_runs_at_unstructured_sparsities_only(tmp_path):
+    cfg = write_config(tmp_path, "workflow/configs/ci.yaml", sparsities=["2:4", "0.6"],
+                       **{"methods.wanda-owl": {"method": "wanda", "sparsity_profile": "owl", "owl_lambda": 0.1},
+                          "methods.gblm": {"gradient_norm": "l1"}})
+    r = dry_run("--configfile", str(cfg), "-p")
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert job_counts(r.stdout)["prune"] == 3 * 2 + 1  # wanda, wanda++, gblm at both; wanda-owl at 0.6 only
+    assert "--sparsity-profile owl --owl-lambda 0.1" in r.stdout and "--gradient-norm l1" in r.stdout
+    assert "wanda-owl/2-4" not in r.stdout
 
 
 def test_lora_adds_variants(tmp_path):

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 DENSE = "dense"
 LORA_SUFFIX = "+lora"
 # Fixed order and colours (Okabe-Ito, colour-blind safe) so a method looks the same in every figure.
-METHOD_ORDER = ["magnitude", "wanda", "sparsegpt", "wanda++-rgs", "wanda++-ro", "wanda++"]
+METHOD_ORDER = ["magnitude", "wanda", "sparsegpt", "gblm", "wanda++-rgs", "wanda++-ro", "wanda++"]
 PALETTE = ["#999999", "#56B4E9", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#0072B2", "#F0E442", "#000000"]
 FIGURES = ["ppl", "ppl_relative", "accuracy", "speedup", "prune_cost"]
 GIB = 1024**3

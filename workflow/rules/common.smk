@@ -66,6 +66,11 @@ def method_name(label):
     return METHODS[label].get("method", label)
 
 
+def runs_at(label, sparsity):
+    """An OWL-profiled method has per-block unstructured ratios: it skips the N:M sparsities."""
+    return ":" not in sparsity or METHODS[label].get("sparsity_profile", "uniform") == "uniform"
+
+
 def model_cfg(model):
     spec = MODELS[model]
     return {"dtype": "float32", "seqlen": 2048, **spec}
@@ -134,6 +139,8 @@ def variants():
             out.append((model, DENSE, "0"))
         for method in METHODS:
             for sparsity in config["sparsities"]:
+                if not runs_at(method, sparsity):
+                    continue
                 out.append((model, method, sparsity_label(sparsity)))
                 if config["lora"]["enabled"]:
                     out.append((model, method, f"{sparsity_label(sparsity)}{LORA_SUFFIX}"))
@@ -169,7 +176,7 @@ def report_figures():
 
 
 # Every `wandapp prune` hyperparameter option, from the CLI's own list (one source of truth).
-HYPERPARAMETER_FLAGS = ["preset"] + [flag.lstrip("-").replace("-", "_") for flag, _, _ in PRUNE_HYPERPARAMETERS]
+HYPERPARAMETER_FLAGS = ["preset", "sparsity_profile", "owl_m", "owl_lambda"] + [flag.lstrip("-").replace("-", "_") for flag, _, _ in PRUNE_HYPERPARAMETERS]
 
 
 def prune_flags(wildcards):
