@@ -105,7 +105,8 @@ def test_exact_sparsity_per_pattern(calib, sparsity):
     for name, lin in DecoderAdapter.from_model(model).all_linears().items():
         w = lin.weight
         if pattern.is_nm:
-            assert follows_nm(w, pattern.n, pattern.m) and int((w == 0).sum()) == w.numel() * (pattern.m - pattern.n) // pattern.m
+            assert follows_nm(w, pattern.n, pattern.m)
+            assert int((w == 0).sum()) == w.numel() * (pattern.m - pattern.n) // pattern.m
         else:
             assert ((w == 0).sum(1) == int(w.shape[1] * pattern.ratio)).all(), name
 
