@@ -133,3 +133,24 @@ def test_cli_prunes_with_gblm(tiny_llama_dir, data_dir, tmp_path):
     assert report["method"] == "gblm" and report["sparsity_overall"] == 0.5
     assert report["hyperparameters"] == {"gradient_norm": "l1", "gradient_scale": 100.0, "x_norm": "per-sample",
                                          "gradient_chunk": 16}
+
+
+def test_gradient_pass_puts_every_block_back(calib, monkeypatch):
+    """With offload, each block goes home after its sweep (a CPU-only run cannot see a block left on the device,
+    so count the moves)."""
+    import wandapp.methods.gblm as gblm
+
+    model = build_tiny_llama()
+    moves = []
+    real = gblm._moved
+
+    def counted(blocks, device, offload):
+        for block in real(blocks, device, offload):
+            moves.append(("out", id(block)))
+            yield block
+            moves.append(("home", id(block)))
+
+    monkeypatch.setattr(gblm, "_moved", counted)
+    lm_gradients(model, calib, CPU, chunk=5)
+    assert sorted(moves).count(("home", id(model.model.layers[0]))) == 2  # forward and backward sweep
+    assert len([m for m in moves if m[0] == "home"]) == len([m for m in moves if m[0] == "out"]) == 4

@@ -2,9 +2,10 @@
 
 32 blocks, hidden 4096, MLP 11008, 128 x 2048 calibration tokens, fp16 weights kept in CPU memory; the walker
 moves one block at a time to the GPU (the default `wandapp prune` mode). Prints one JSON line per method.
-A method may carry settings as in quality.py: METHOD[@SPARSITY[@key=value,...]].
+A method may carry settings as in quality.py: METHOD[@SPARSITY[@key=value,...]]. Any method of
+wandapp.methods runs, gblm too (its time includes the full-model gradient pass, `gradient_chunk=N` trades memory).
 
-    python -m benchmarks.pruning.prune_time_7b --methods wanda wanda++ sparsegpt 'wanda++@2:4@loop_norms=ro' --output t.jsonl
+    python -m benchmarks.pruning.prune_time_7b --methods wanda wanda++ sparsegpt gblm 'wanda++@2:4@loop_norms=ro' --output t.jsonl
 """
 
 from __future__ import annotations

@@ -99,7 +99,8 @@ def _backward_sweep(blocks, adapter, inputs, grads, kwargs, device, offload, nor
     """Walk the blocks last to first; `grads` holds d(scaled loss)/d(block output) per sample and becomes the
     gradient at the block's input. Adds (scale g)^2 or |scale g| of every sample into `sums` (per block, linear)."""
     order = list(range(len(blocks)))[::-1]
-    for i, block in zip(order, _moved([blocks[i] for i in order], device, offload)):
+    # The generator comes first in zip, so it is resumed after the last block and puts that one back too.
+    for block, i in zip(_moved([blocks[i] for i in order], device, offload), order):
         weights = [lin.weight for lin in adapter.linears(block).values()]
         flags = [p.requires_grad for p in block.parameters()]
         block.requires_grad_(False)
