@@ -109,6 +109,18 @@ def looks_like_hub_id(spec: str) -> bool:
         and not spec.startswith(".") and ".." not in spec
 
 
+def vocab_size(src: ModelSource) -> int | None:
+    """The model's vocabulary size from its config alone (no weights read); None where the config won't say."""
+    from transformers import AutoConfig
+
+    extra = {"gguf_file": src.gguf_file} if src.gguf_file else {}
+    try:
+        config = AutoConfig.from_pretrained(src.path, **extra)
+        return int(config.get_text_config().vocab_size)
+    except Exception:  # noqa: BLE001 - the load that follows reports a broken config in full
+        return None
+
+
 def _gguf_kwargs() -> dict:
     # Recent transformers keep GGUF weights packed unless asked to dequantize; packed weights can't be pruned or saved.
     try:

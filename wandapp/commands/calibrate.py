@@ -26,8 +26,9 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def check_calibration_options(args) -> None:
-    """Fail on a bad option, data folder or calibration file before anything slow (model loading) starts."""
+def check_calibration_options(args, source=None) -> None:
+    """Fail on a bad option, data folder or calibration file before anything slow (model loading) starts; a
+    cached file's token ids are checked against the vocabulary in `source`'s config."""
     from pathlib import Path
 
     from ..data import calibration_file_text, data_root, load_calibration
@@ -42,7 +43,12 @@ def check_calibration_options(args) -> None:
     if not path.is_file():
         raise DataError(f"unknown calibration source {args.calibration!r}: not c4, wikitext2 or an existing file")
     if path.suffix == ".safetensors":
-        load_calibration(path)
+        from ..data import check_token_ids
+        from ..models import vocab_size
+
+        ids, _ = load_calibration(path)
+        if source is not None:
+            check_token_ids(ids, vocab_size(source), path)
     else:
         calibration_file_text(path)
 

@@ -84,8 +84,8 @@ def run(args) -> None:
     if args.micro_batch < 1:
         raise WandappError("--micro-batch must be >= 1")
     device, dtype = device_and_dtype(args)
-    check_calibration_options(args)
     source = check_model(args)
+    check_calibration_options(args, source)
 
     torch.manual_seed(args.seed)
     model, tokenizer = load_model(source, dtype, "cpu")
