@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 
-from ..errors import WandappError
-from ..io import write_json
-from .common import add_file_output, add_pickle_option, check_model, check_output, require_at_least
+from ...commands.common import add_file_output, add_pickle_option, check_model, check_output, require_at_least
+from ...errors import WandappError
+from ...io import write_json
+from .. import INSTALL, missing
 
 log = logging.getLogger("wandapp.bench")
 
@@ -57,12 +59,20 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _check_extra(args) -> None:
+    """--cutlass on builds the kernels from nvidia-cutlass's headers unless a library or a checkout is named."""
+    if args.cutlass == "on" and not (os.environ.get("WANDAPP_CUTLASS_SPARSE") or os.environ.get("CUTLASS_PATH")):
+        if missing():
+            raise WandappError(f"--cutlass on needs {', '.join(missing())}: {INSTALL}")
+
+
 def run(args) -> None:
+    _check_extra(args)
     import torch
 
-    from ..bench.cusparselt import DEFAULT_LAYOUTS, parse_layouts
-    from ..bench.runner import model_shapes, run_bench, skipped_result
-    from ..models import load_model, parse_dtype
+    from ...models import load_model, parse_dtype
+    from ..cusparselt import DEFAULT_LAYOUTS, parse_layouts
+    from ..runner import model_shapes, run_bench, skipped_result
 
     check_output(args, folder=False)
     require_at_least(args, decode_tokens=1)
@@ -91,7 +101,7 @@ def run(args) -> None:
         return
     model, _ = load_model(source, dtype=dtype, device=device)
     if args.llama7b_shapes:
-        from ..bench.linear_sweep import LLAMA7B_SHAPES as shapes
+        from ..linear_sweep import LLAMA7B_SHAPES as shapes
     else:
         shapes = model_shapes(model)
     result = run_bench(model, shapes, device, dtype=dtype, tokens=_ints(args.tokens),
