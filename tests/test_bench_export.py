@@ -192,6 +192,46 @@ def test_crossover_needs_sparse_to_win_as_product_and_as_layer():
     assert crossover_tokens(recs) == 16  # 1 token: the bare product loses, whatever the layer timing says
 
 
+def test_every_timer_reads_one_event_pair_around_the_calls(monkeypatch):
+    """event_ms brackets `repeat` calls with two events and waits for the second; the eager and replay medians are
+    built on it (a fake clock that the timed fn advances stands in for the GPU's)."""
+    from wandapp.sparse24 import timing
+
+    clock, log = [0.0], []
+
+    class FakeEvent:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            self.t = clock[0]
+            log.append("record")
+
+        def synchronize(self):
+            log.append("sync")
+
+        def elapsed_time(self, end):
+            return end.t - self.t
+
+    def work(ms):
+        def fn():
+            clock[0] += ms
+            log.append("call")
+        return fn
+
+    monkeypatch.setattr(timing.torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(timing.torch.cuda, "synchronize", lambda device=None: None)
+    assert timing.event_ms(work(2.0), repeat=3) == 6.0
+    assert log == ["record", "call", "call", "call", "record", "sync"]
+    steps = iter([1.0, 5.0, 2.0, 9.0, 3.0])
+    assert timing.median_ms_eager(lambda: work(next(steps, 0.0))(), "cpu", warmup=0, iters=5) == 3.0
+
+    class Graph:
+        replay = staticmethod(work(4.0))
+
+    assert timing.replay_median_ms(Graph, "cpu", iters=3, calls=4, warmup=1) == 1.0
+
+
 def test_interleaved_medians_alternate_the_fns_and_take_each_median(monkeypatch):
     from wandapp.sparse24 import timing
 
