@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from ..adapter import DecoderAdapter
+from ..masks import follows_nm
 from .sparse_linear import SparseLinear
 from .sparse_mlp import SparseGatedMLP, is_gated_mlp
-from .sparsity import is_2of4
 from .timing import capture_graph, event_ms, median_ms_eager, replay_median_ms
 
 
@@ -33,7 +33,7 @@ def swap_in_sparse_linears(model: nn.Module, policy, mlp_policy=None, reference:
     for name, linear in adapter.all_linears().items():
         if name in report:
             continue
-        if not is_2of4(linear.weight):
+        if not follows_nm(linear.weight, 2, 4):
             report[name] = "dense (not 2:4)"
             continue
         min_tokens, alg_id, split_k, layout = policy(linear.out_features, linear.in_features)
