@@ -118,6 +118,10 @@ CASES = {
                          "unknown device", False),
     "tasks-batch-size-0": (lambda d, m, data: ["tasks", "--model", m, "--batch-size", "0", *CPU, "--output",
                                                "t.json"], "--batch-size must be >= 1", False),
+    "report-output-file": (lambda d, m, data: ["report", "--results", str(d), "--output", write(d / "f", "x")],
+                           "is a file", False),
+    "report-output-dot": (lambda d, m, data: ["report", "--results", str(d), "--output", "."], "current folder",
+                          False),
     "lora-steps-0": (lambda d, m, data: ["lora", "--model", m, "--steps", "0", *CPU, "--output", "o"],
                      "--steps must be >= 1", False),
 }

@@ -76,7 +76,7 @@ def _check_sparsities(config: dict, key: str, values: list) -> list[str]:
 
 def check_config(config: dict, schema: dict, methods: list[str], cwd: str | os.PathLike = ".") -> None:
     """Raise ConfigError (one line) for the first bad value; normalise sparsity labels in place."""
-    from .models import resolve_model
+    from .models import EMBEDDED, resolve_model
 
     if (line := schema_error(config, schema)) is not None:
         raise ConfigError(line)
@@ -89,6 +89,8 @@ def check_config(config: dict, schema: dict, methods: list[str], cwd: str | os.P
     if bench.get("patterns"):
         bench["patterns"] = _check_sparsities(config, "bench.patterns", bench["patterns"])
     for name, spec in config["models"].items():
+        if str(spec["source"]).lower() in EMBEDDED:  # its package need only be in the rules' environment
+            continue
         try:
             resolve_model(spec["source"], allow_pickle=bool(spec.get("allow_pickle")))
         except WandappError as e:
