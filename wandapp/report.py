@@ -1,7 +1,7 @@
 """Collect the workflow's metrics JSONs into one table, then write summary.csv, summary.md and figures (PNG + SVG).
 
 A metrics file's place says what it describes: `.../{model}/{method}/{variant}/{kind}.json`, where variant is the
-sparsity with ':' written '-' ("2-4", "0.5"; "0" for dense), optionally followed by "+lora", and kind is one of
+sparsity's SparsityPattern.path_label ("2-4", "0.5"; "0" for dense), optionally followed by "+lora", and kind is one of
 prune, lora, tasks, bench or ppl_<dataset>. Any stage may be missing; its columns and figures then say so.
 """
 
@@ -17,13 +17,14 @@ import pandas as pd
 
 from .errors import WandappError
 from .io import atomic_file, read_json
+from .methods import METHODS
+from .pattern import SparsityPattern
+from .workflow import DENSE, LORA_SUFFIX, pattern_of
 
 log = logging.getLogger(__name__)
 
-DENSE = "dense"
-LORA_SUFFIX = "+lora"
-# Fixed order and colours (Okabe-Ito, colour-blind safe) so a method looks the same in every figure.
-METHOD_ORDER = ["magnitude", "wanda", "sparsegpt", "wanda++-rgs", "wanda++-ro", "wanda++"]
+# Fixed order (the methods' own) and colours (Okabe-Ito, colour-blind safe): a method looks the same in every figure.
+METHOD_ORDER = list(METHODS)
 PALETTE = ["#999999", "#56B4E9", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#0072B2", "#F0E442", "#000000"]
 FIGURES = ["ppl", "ppl_relative", "accuracy", "speedup", "prune_cost"]
 GIB = 1024**3
@@ -38,7 +39,10 @@ def parse_location(path: Path) -> tuple[str, str, str, bool, str]:
         raise WandappError(f"{path}: expected .../MODEL/METHOD/SPARSITY/KIND.json")
     model, method, variant = path.parts[-4:-1]
     lora = variant.endswith(LORA_SUFFIX)
-    sparsity = variant.removesuffix(LORA_SUFFIX).replace("-", ":")
+    try:
+        sparsity = pattern_of(variant).label
+    except WandappError as e:
+        raise WandappError(f"{path}: {e}") from None
     return model, method, sparsity, lora, path.stem
 
 
@@ -156,14 +160,13 @@ def series_label(method: str, lora: bool) -> str:
 
 
 def _sparsity_key(s: str) -> tuple:
-    if ":" in s:
-        n, m = map(int, s.split(":"))
-        return (0, n / m, m)
-    return (1, float(s), 0)
+    p = SparsityPattern.parse(s)
+    return (0, p.n / p.m, p.m) if p.is_nm else (1, p.ratio, 0)
 
 
 def sparsity_label(s: str) -> str:
-    return s if ":" in s else f"{float(s):.0%}"
+    p = SparsityPattern.parse(s)
+    return p.label if p.is_nm else f"{p.ratio:.0%}"
 
 
 def _method_key(method: str) -> tuple:

@@ -4,7 +4,7 @@
 #        RESULTS/models/{model}/{method}/{variant}   pruned model, temp() unless kept
 #        RESULTS/metrics/{model}/{method}/{variant}/{prune,lora,ppl_<dataset>,tasks,bench}.json
 # {variant} is the sparsity, with the suffix LORA_SUFFIX for the LoRA-tuned model.
-# {sparsity} is the config string with ':' written as '-' ("2:4" -> "2-4"); the dense baseline is dense/0.
+# {sparsity} is SparsityPattern.path_label of the config string ("2:4" -> "2-4"); the dense baseline is dense/0.
 
 import os
 import re
@@ -15,9 +15,8 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from wandapp.codeversion import stage_code_hash
-from wandapp.commands.prune import HYPERPARAMETERS as PRUNE_HYPERPARAMETERS
-from wandapp.report import DENSE, LORA_SUFFIX  # the report parses the paths these name
+# The one wandapp module the workflow imports: light (no torch, no pandas), so parsing stays fast.
+from wandapp.workflow import DENSE, LORA_SUFFIX, SparsityPattern, path_label, pattern_of, stage_code_hash
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -52,14 +51,6 @@ wildcard_constraints:
     sparsity=r"[0-9.]+(-[0-9]+)?",
     variant=r"[0-9.]+(-[0-9]+)?(\+lora)?",
     dataset=r"[A-Za-z0-9_]+",
-
-
-def sparsity_label(sparsity):
-    return sparsity.replace(":", "-")
-
-
-def sparsity_arg(label):
-    return label.replace("-", ":")
 
 
 def method_name(label):
@@ -134,9 +125,9 @@ def variants():
             out.append((model, DENSE, "0"))
         for method in METHODS:
             for sparsity in config["sparsities"]:
-                out.append((model, method, sparsity_label(sparsity)))
+                out.append((model, method, path_label(sparsity)))
                 if config["lora"]["enabled"]:
-                    out.append((model, method, f"{sparsity_label(sparsity)}{LORA_SUFFIX}"))
+                    out.append((model, method, f"{path_label(sparsity)}{LORA_SUFFIX}"))
     return out
 
 
@@ -168,20 +159,21 @@ def report_figures():
     return names
 
 
-# Every `wandapp prune` hyperparameter option, from the CLI's own list (one source of truth).
-HYPERPARAMETER_FLAGS = ["preset"] + [flag.lstrip("-").replace("-", "_") for flag, _, _ in PRUNE_HYPERPARAMETERS]
-
-
 def prune_flags(wildcards):
-    """`wandapp prune` flags from the method's config entry: {alpha: 100} -> --alpha 100."""
-    spec = METHODS[wildcards.method]
-    flags = [f"--{key.replace('_', '-')} {spec[key]}" for key in HYPERPARAMETER_FLAGS if key in spec]
-    return " ".join(flags + [spec.get("extra_args", "")]).strip()
+    """`wandapp prune` flags from the method's config entry, in its order: {alpha: 100} -> --alpha 100, a true
+    boolean -> --flag. Every key is a flag: the schema (generated from the methods' dataclass fields) lists them."""
+    flags = []
+    for key, value in METHODS[wildcards.method].items():
+        if key in ("method", "extra_args") or value is False:
+            continue
+        flag = f"--{key.replace('_', '-')}"
+        flags.append(flag if value is True else f"{flag} {shlex.quote(str(value))}")
+    return " ".join(flags + [METHODS[wildcards.method].get("extra_args", "")]).strip()
 
 
 def maybe_temp(path):
     return path if config["keep_pruned_models"] else temp(path)
 
 
-def benched(sparsity_label_):
-    return sparsity_arg(sparsity_label_) in config["bench"]["patterns"]
+def benched(variant):
+    return pattern_of(variant) in {SparsityPattern.parse(p) for p in config["bench"]["patterns"]}

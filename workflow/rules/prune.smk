@@ -11,7 +11,7 @@ rule prune:
         report=f"{RESULTS}/metrics/{{model}}/{{method}}/{{sparsity}}/prune.json",
     params:
         method=lambda wc: shlex.quote(method_name(wc.method)),
-        sparsity=lambda wc: sparsity_arg(wc.sparsity),
+        sparsity=lambda wc: pattern_of(wc.sparsity).label,
         flags=prune_flags,
         nsamples=config["calibration"]["nsamples"],
         seqlen=lambda wc: model_cfg(wc.model)["seqlen"],
