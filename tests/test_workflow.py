@@ -174,7 +174,8 @@ def test_workflow_imports_one_light_module():
     code = "import sys, wandapp.workflow; print(sorted(m for m in sys.modules if m.startswith(('wandapp', 'torch', " \
            "'pandas'))))"
     loaded = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert not [m for m in eval(loaded.stdout) if m.startswith(("torch", "pandas", "wandapp.commands"))]
+    # (wandapp.commands, the package, is its standard-library command finder; no command module loads)
+    assert not [m for m in eval(loaded.stdout) if m.startswith(("torch", "pandas", "wandapp.cli", "wandapp.commands."))]
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "snakemake", "-n", "--workflow-profile", "none",
                         "--cores", "1", "--snakefile", str(REPO / "Snakefile")],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
