@@ -77,12 +77,10 @@ class OwlProfile:
     ratios: list[float] = field(default_factory=list)
     counts: list[dict[str, int]] = field(default_factory=list)
 
-    @property
-    def name(self) -> str:
-        return self.method.name
-
-    def hyperparameters(self) -> dict:
-        return self.method.hyperparameters()
+    def __getattr__(self, attr):  # name, hyperparameters(), presets, ...: the method's
+        if attr == "method":
+            raise AttributeError(attr)
+        return getattr(self.method, attr)
 
     def prepare(self, model, input_ids, device, offload=True, store=None, micro_batch=4) -> None:
         if hasattr(self.method, "prepare"):

@@ -30,11 +30,11 @@ from ..masks import apply_mask
 from ..offload import BlockShuttle
 from ..staged import block_output
 from ..walker import BlockContext, capture_block_inputs, module_device, on_device
-from .base import LayerwiseMethod
+from .base import LayerwiseMethod, hyperparameter
 from .stats import ColumnNorm
 
 GRADIENT_NORMS = ("l2", "l1")
-X_NORMS = ("per-sample", "l2", "rms")
+X_NORMS = ("l2", "per-sample", "rms")  # the same choices as Wanda++'s x_norm (one flag serves both)
 
 
 def lm_gradients(model: nn.Module, input_ids: torch.Tensor, device: torch.device, scale: float = 100.0,
@@ -130,17 +130,19 @@ def _backward_sweep(blocks, adapter, inputs, grads, kwargs, device, offload, nor
 class Gblm(LayerwiseMethod):
     name = "gblm"
     stat = ColumnNorm
-    gradient_norm: str = "l2"  # l2: sqrt(sum_n (scale g_n)^2) (GBLM's default); l1: sum_n |scale g_n|
-    gradient_scale: float = 100.0  # GBLM's --scale: folded into G, so it weighs G against ||X||
-    x_norm: str = "per-sample"  # ||X_j|| convention: per-sample (GBLM's code), l2 (the formula as written), rms
-    gradient_chunk: int = 16  # samples per forward/backward sweep of the gradient pass (memory, not results)
+    gradient_norm: str = hyperparameter(
+        "l2", "aggregate the per-sample LM-loss gradients as l2, sqrt(sum (scale*g)^2) (GBLM's default), or l1, "
+        "sum |scale*g|", choices=GRADIENT_NORMS)
+    gradient_scale: float = hyperparameter(
+        100.0, "the gradient scale folded into G (GBLM's --scale): weighs G against ||X||", exclusive_minimum=0)
+    x_norm: str = hyperparameter(
+        "per-sample", "||X_j|| convention: l2 (all tokens, the formulas as written), per-sample (/sqrt N, Wanda's "
+        "and GBLM's code), rms (/sqrt(N*T))", choices=X_NORMS)
+    gradient_chunk: int = hyperparameter(
+        16, "samples per forward/backward sweep of the gradient pass (memory, not results)", minimum=1)
 
     def __post_init__(self):
-        for key, allowed in (("gradient_norm", GRADIENT_NORMS), ("x_norm", X_NORMS)):
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
-        if self.gradient_chunk < 1 or self.gradient_scale <= 0:
-            raise ValueError("gradient_chunk must be >= 1 and gradient_scale > 0")
+        super().__post_init__()
         self.gradients: list[dict[str, torch.Tensor]] | None = None  # not a field: not a hyperparameter
 
     def prepare(self, model, input_ids, device, offload=True, store=None, micro_batch=4) -> None:
