@@ -154,3 +154,13 @@ def test_gradient_pass_puts_every_block_back(calib, monkeypatch):
     lm_gradients(model, calib, CPU, chunk=5)
     assert sorted(moves).count(("home", id(model.model.layers[0]))) == 2  # forward and backward sweep
     assert len([m for m in moves if m[0] == "home"]) == len([m for m in moves if m[0] == "out"]) == 4
+
+
+def test_shared_x_norm_flag_names_each_default():
+    from wandapp.methods import build_method as build
+    from wandapp.methods import hyperparameter_table
+
+    h = hyperparameter_table()["x_norm"]
+    assert h.families == ("gblm", "wanda++") and "per-sample for gblm, l2 for wanda++" in h.description
+    pattern = SparsityPattern.parse("0.5")
+    assert build("gblm", pattern).x_norm == "per-sample" and build("wanda++", pattern).x_norm == "l2"
