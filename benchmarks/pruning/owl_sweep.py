@@ -4,7 +4,8 @@
 The model is loaded once; every run starts from its dense weights and keeps the whole model on the device. One JSON
 line per run (appended to --output as it finishes: method, sparsity, profile, perplexity, prune time, measured
 sparsity, OWL's per-block ratios), then a Markdown table (methods x profiles, sparsities as columns) written next
-to it (--table, default OUTPUT with .md) and printed.
+to it (--table, default OUTPUT with .md) and printed; the table covers every run in --output, so the sweep may be
+split over calls (e.g. one --sparsities value each) appending to one file.
 
     python -m benchmarks.pruning.owl_sweep --model smollm2 --data-dir ../shared/data \\
         --output benchmarks/results/h200_smollm2_owl.jsonl
@@ -34,7 +35,7 @@ from wandapp.walker import prune_model
 def table(rows: list[dict], sparsities: list[str]) -> str:
     """Perplexity per method and profile (rows) and sparsity (columns); OWL's change against uniform in brackets."""
     ppl = {(r["method"], r["profile"], r["sparsity"]): r["ppl"] for r in rows}
-    dense = next((r["ppl"] for r in rows if r["method"] == "dense"), None)
+    dense = next((r["ppl"] for r in reversed(rows) if r["method"] == "dense"), None)
     lines = [f"WikiText-2 {rows[0]['split']} perplexity (dense {dense})" if dense else "",
              "", "| method | profile | " + " | ".join(f"{float(s):.0%}" for s in sparsities) + " |",
              "|---|---|" + "---|" * len(sparsities)]
@@ -109,7 +110,9 @@ def main(argv: list[str] | None = None) -> None:
                           "peak_gpu_gb": round(gpu / 2**30, 2) if gpu is not None else None,
                           "sparsity_overall": sparsity_summary(model, pattern)["sparsity_overall"],
                           "sparsity_profile": profile_report(method), "hyperparameters": method.hyperparameters()})
-    text = table(rows, args.sparsities)
+    # The table covers every run in the file (the latest per cell), so a sweep split over calls adds up.
+    everything = [json.loads(line) for line in open(args.output) if line.strip()]
+    text = table(everything, list(dict.fromkeys(r["sparsity"] for r in everything if r["method"] != "dense")))
     with atomic_file(args.table or Path(args.output).with_suffix(".md")) as tmp:
         tmp.write_text(text)
     print("\n" + text)
