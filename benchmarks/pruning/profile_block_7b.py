@@ -19,7 +19,7 @@ import time
 import torch
 
 from benchmarks.pruning.prune_time_7b import random_llama
-from benchmarks.pruning.quality import parse_run
+from benchmarks.pruning.runs import parse_run
 from wandapp.masks import SparsityPattern
 from wandapp.methods import build_method
 from wandapp import walker
