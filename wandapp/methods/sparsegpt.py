@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 
 from ..masks import SparsityPattern, apply_mask
-from .base import LayerwiseMethod
+from .base import LayerwiseMethod, hyperparameter
 from .stats import Hessian
 
 log = logging.getLogger(__name__)
@@ -160,8 +160,8 @@ def sparsegpt_prune(weight: torch.Tensor, H: torch.Tensor, pattern: SparsityPatt
 class SparseGPT(LayerwiseMethod):
     name = "sparsegpt"
     stat = Hessian
-    blocksize: int = 128
-    percdamp: float = 0.01
+    blocksize: int = hyperparameter(128, "columns per lazy-update block", minimum=1)
+    percdamp: float = hyperparameter(0.01, "Hessian damping as a fraction of its mean diagonal", exclusive_minimum=0)
 
     @torch.no_grad()
     def prune_block(self, ctx) -> None:
