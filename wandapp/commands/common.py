@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 
 def add_model_options(p, model_help: str = "hub id, save_pretrained folder, .gguf file, or 'smollm2' (embedded)") -> None:
     p.add_argument("--model", required=True, help=model_help)
@@ -21,6 +23,25 @@ def device_and_dtype(args):
 
     device = resolve_device(args.device)
     return device, args.dtype or default_dtype(device)
+
+
+def add_stream_option(p, command: str) -> None:
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"{command} block by block from the model's safetensors shards, never holding the whole model "
+                        "in CPU memory (default: on when the weights would not fit in the memory available now)")
+
+
+def use_stream(args, dtype: str) -> bool:
+    """--stream / --no-stream as given, else on when the model folder would not fit in CPU memory."""
+    if args.stream is not None:
+        return args.stream
+    from ..models import parse_dtype
+    from ..stream import should_stream
+
+    if should_stream(args.model, parse_dtype(dtype)):
+        print(f"{args.model}: larger than the CPU memory available; streaming it block by block (--no-stream: off)")
+        return True
+    return False
 
 
 def add_folder_output(p) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_data_option, add_model_options, device_and_dtype
+from .common import add_data_option, add_model_options, add_stream_option, device_and_dtype, use_stream
 
 
 def register(sub) -> None:
@@ -20,6 +20,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default 1)")
     p.add_argument("--offload", action="store_true",
                    help="run block by block with one block on the device (models larger than the accelerator)")
+    add_stream_option(p, "evaluate")
     add_data_option(p)
     p.add_argument("--output", required=True, help="results JSON (written atomically)")
     p.set_defaults(func=run)
@@ -34,11 +35,22 @@ def run(args) -> None:
 
     device, dtype = device_and_dtype(args)
     root = data_root(args.data_dir)  # fail on a bad folder before loading the model
-    model, tokenizer = load_model(args.model, dtype, "cpu")
+    weights, stream = None, use_stream(args, dtype)
+    if stream:  # the skeleton holds embeddings, norm and head; each block is read when the walk reaches it
+        from ..models import load_tokenizer, parse_dtype
+        from ..stream import StreamedModel
+
+        streamed = StreamedModel(args.model, parse_dtype(dtype))
+        model, tokenizer, weights = streamed.model, load_tokenizer(args.model), streamed.weights(device)
+    else:
+        model, tokenizer = load_model(args.model, dtype, "cpu")
     tokens, label = eval_tokens(args.dataset, tokenizer, root, args.split)
     with measured(device) as info:
-        result = perplexity(model, tokens, args.seqlen, device, args.max_windows, args.batch_size, args.offload)
+        result = perplexity(model, tokens, args.seqlen, device, args.max_windows, args.batch_size, args.offload,
+                            weights=weights)
     out = {"model": args.model, "dataset": args.dataset, "split": args.split if args.dataset == "wikitext2" else None,
            "text": label, "dtype": dtype, "device": str(device), **result, **info, "versions": versions()}
+    if stream:
+        out["stream"] = True
     write_json(args.output, out)
     print(f"{args.dataset} ppl {result['ppl']:.4f} ({result['windows']} windows of {args.seqlen})")
