@@ -144,25 +144,57 @@ class ShardWriter:
 
 class StreamedWeights:
     """Walker weight strategy: block i's tensors come from `ckpt` when the walker reaches it and leave after it
-    (into `sink` if given, with `on_done(i, block)` called first), so no two blocks but the current one stay."""
+    (into `sink` if given, with `on_done(i, block)` called first on the device), so at most the current block,
+    the next one (read ahead) and the previous one (being written) are in memory at once.
+
+    Reads of the next block and writes of the last run on one background thread while the device computes; on a
+    CUDA device the copies go through BlockShuttle's pinned staging buffer, as in the in-memory path.
+    """
 
     def __init__(self, ckpt: Checkpoint, prefix: str, device: torch.device, dtype: torch.dtype,
-                 sink: ShardWriter | None = None, on_done: Callable[[int, nn.Module], None] | None = None):
+                 sink: ShardWriter | None = None, on_done: Callable[[int, nn.Module], None] | None = None,
+                 nblocks: int | None = None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .offload import BlockShuttle
+
         self.ckpt, self.prefix, self.device, self.dtype = ckpt, prefix, torch.device(device), dtype
-        self.sink, self.on_done = sink, on_done
+        self.sink, self.on_done, self.nblocks = sink, on_done, nblocks
+        self.shuttle = BlockShuttle(self.device)
+        self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandapp-stream")
+        self.pending: dict = {}  # block index -> future of its CPU state dict (read ahead)
+        self.writes: list = []
+
+    def _read(self, i: int, names: list[str]) -> dict[str, torch.Tensor]:
+        return {n: self.ckpt.get(f"{self.prefix}{i}.{n}", self.dtype) for n in names}
 
     def fetch(self, i: int, block: nn.Module) -> None:
         names = list(block.state_dict())
-        state = {n: self.ckpt.get(f"{self.prefix}{i}.{n}", self.dtype).to(self.device) for n in names}
+        future = self.pending.pop(i, None)
+        state = future.result() if future is not None else self._read(i, names)
+        if self.nblocks is None or i + 1 < self.nblocks:  # blocks share their tensor names
+            self.pending[i + 1] = self.io.submit(self._read, i + 1, names)
         block.load_state_dict(state, assign=True)
-        block.to(self.device)  # buffers outside the state dict (computed ones)
+        self.shuttle.to_device(block) if self.shuttle.pinned else block.to(self.device)
 
     def release(self, i: int, block: nn.Module) -> None:
         if self.on_done is not None:
             self.on_done(i, block)
         if self.sink is not None:
-            self.sink.write({f"{self.prefix}{i}.{n}": t for n, t in block.state_dict().items()})
+            self.shuttle.home(block) if self.shuttle.pinned else block.to("cpu")
+            state = {f"{self.prefix}{i}.{n}": t for n, t in block.state_dict().items()}
+            for w in self.writes:  # at most one write in flight: a third block never piles up
+                w.result()
+            self.writes = [self.io.submit(self.sink.write, state)]
         block.to("meta")
+
+    def close(self) -> None:
+        """Wait for the last write (its errors surface here); drop any read ahead."""
+        for w in self.writes:
+            w.result()
+        self.writes = []
+        self.pending.clear()
+        self.io.shutdown(wait=True)
 
 
 def write_outside_blocks(model: nn.Module, prefix: str, ckpt: Checkpoint, sink: ShardWriter) -> None:
@@ -202,10 +234,12 @@ class StreamedModel:
                 on_done: Callable[[int, nn.Module], None] | None = None) -> StreamedWeights:
         """The walker strategy; with `output`, each visited block is written there (one shard per block)."""
         self.sink = ShardWriter(output, self.nblocks + 1) if output is not None else None
-        return StreamedWeights(self.ckpt, self.prefix, device, self.dtype, self.sink, on_done)
+        self.streamer = StreamedWeights(self.ckpt, self.prefix, device, self.dtype, self.sink, on_done, self.nblocks)
+        return self.streamer
 
     def finish(self, output: str | os.PathLike) -> None:
         """After the walk: the tensors outside the blocks, the index and the config files."""
+        self.streamer.close()
         write_outside_blocks(self.model, self.prefix, self.ckpt, self.sink)
         self.sink.finish()
         save_config(self.model, output)

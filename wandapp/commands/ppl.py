@@ -51,6 +51,7 @@ def run(args) -> None:
     out = {"model": args.model, "dataset": args.dataset, "split": args.split if args.dataset == "wikitext2" else None,
            "text": label, "dtype": dtype, "device": str(device), **result, **info, "versions": versions()}
     if stream:
+        weights.close()
         out["stream"] = True
     write_json(args.output, out)
     print(f"{args.dataset} ppl {result['ppl']:.4f} ({result['windows']} windows of {args.seqlen})")
