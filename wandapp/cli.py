@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
@@ -10,9 +11,10 @@ import sys
 from . import __version__
 from .commands import optional_commands
 from .errors import WandappError
+from .runinfo import job_log
 
 # Each module defines register(subparsers) and sets `func` on its parser. Order is the order in --help.
-COMMANDS = ["convert", "calibrate", "prune", "ppl", "tasks", "lora", "report"]
+COMMANDS = ["convert", "calibrate", "prune", "ppl", "tasks", "lora", "report", "gpu_slot"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s"
     )
     try:
-        args.func(args)
+        with job_log(args.command) if args.command != "gpu-slot" else contextlib.nullcontext():  # it logs its own
+            args.func(args)
     except WandappError as e:
         print(f"wandapp {args.command}: error: {e}", file=sys.stderr)
         return 2
