@@ -93,3 +93,15 @@ def test_in_process_claims_are_distinct_while_held(tmp_path):
     assert sorted(s for s, _ in held) == [0, 1, 2, 3]
     os.close(held[2][1])
     assert claim(tmp_path, 4, timeout_s=0)[0] == held[2][0]
+
+
+def test_workflow_wraps_gpu_rules_only_when_gpus_are_shared_out():
+    from test_workflow import dry_run, job_counts
+
+    shared = dry_run("--configfile", "workflow/configs/paper.yaml", "--config", "gpus=2", "-p")
+    assert shared.returncode == 0, shared.stderr + shared.stdout
+    for command in ("prune", "ppl", "tasks"):
+        assert f"gpu_slot wandapp {command} " in shared.stdout
+    assert "gpu_slot wandapp convert" not in shared.stdout and "gpu_slot wandapp calibrate" not in shared.stdout
+    plain = dry_run("--configfile", "workflow/configs/paper.yaml", "-p")
+    assert job_counts(plain.stdout) == job_counts(shared.stdout)

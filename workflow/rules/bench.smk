@@ -18,4 +18,4 @@ rule bench:
     conda:
         "../../envs/core.yaml"
     shell:
-        "wandapp bench --model {input.model} {params.extra} --output {output} > {log} 2>&1"
+        "gpu_slot wandapp bench --model {input.model} {params.extra} --output {output} > {log} 2>&1"

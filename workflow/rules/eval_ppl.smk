@@ -24,6 +24,6 @@ rule eval_ppl:
     conda:
         "../../envs/core.yaml"
     shell:
-        "wandapp ppl --model {input.model} --dataset {wildcards.dataset} --split {params.split}"
+        "gpu_slot wandapp ppl --model {input.model} --dataset {wildcards.dataset} --split {params.split}"
         " --seqlen {params.seqlen} {params.max_windows} --device {params.device} --dtype {params.dtype}"
         " {params.data_dir} --output {output} > {log} 2>&1"

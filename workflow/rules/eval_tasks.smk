@@ -22,6 +22,6 @@ rule eval_tasks:
     conda:
         "../../envs/core.yaml"
     shell:
-        "wandapp tasks --model {input.model} --tasks {params.tasks} {params.limit}"
+        "gpu_slot wandapp tasks --model {input.model} --tasks {params.tasks} {params.limit}"
         " --batch-size {params.batch_size} --device {params.device} --dtype {params.dtype} {params.data_dir}"
         " --output {output} > {log} 2>&1"

@@ -26,6 +26,6 @@ rule lora:
     conda:
         "../../envs/core.yaml"
     shell:
-        "(wandapp lora --model {input.model} --steps {params.steps} --seqlen {params.seqlen}"
+        "(gpu_slot wandapp lora --model {input.model} --steps {params.steps} --seqlen {params.seqlen}"
         " --device {params.device} --dtype {params.dtype} {params.data_dir} {params.extra} --output {output.model}"
         " && cp {output.model}/lora_report.json {output.report}) > {log} 2>&1"

@@ -29,7 +29,7 @@ rule prune:
     conda:
         "../../envs/core.yaml"
     shell:
-        "(wandapp prune --model {input.model} --method {params.method} --sparsity {params.sparsity}"
+        "(gpu_slot wandapp prune --model {input.model} --method {params.method} --sparsity {params.sparsity}"
         " --calibration {input.calibration} --nsamples {params.nsamples} --seqlen {params.seqlen}"
         " --seed {params.seed} --device {params.device} --dtype {params.dtype} {params.flags}"
         " --output {output.model}"
