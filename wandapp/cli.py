@@ -11,7 +11,6 @@ import sys
 from . import __version__
 from .commands import optional_commands
 from .errors import WandappError
-from .runinfo import job_log
 
 # Each module defines register(subparsers) and sets `func` on its parser. Order is the order in --help.
 COMMANDS = ["convert", "calibrate", "prune", "ppl", "tasks", "lora", "report", "gpu_slot"]
@@ -38,6 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _job_log(command: str):
+    """Start/end lines in the job's log (runinfo.job_log); gpu-slot logs its own and stays free of torch's import."""
+    if command == "gpu-slot":
+        return contextlib.nullcontext()
+    from .runinfo import job_log
+
+    return job_log(command)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -45,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s"
     )
     try:
-        with job_log(args.command) if args.command != "gpu-slot" else contextlib.nullcontext():  # it logs its own
+        with _job_log(args.command):
             args.func(args)
     except WandappError as e:
         print(f"wandapp {args.command}: error: {e}", file=sys.stderr)
