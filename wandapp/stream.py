@@ -53,8 +53,10 @@ class Checkpoint:
         path = self.files[key]
         if path not in self._open:  # safe_open maps the file; a tensor is read only when asked for
             self._open[path] = safe_open(path, framework="pt")
-        t = self._open[path].get_tensor(key)
-        return t if dtype is None or not t.is_floating_point() else t.to(dtype)
+        t = self._open[path].get_tensor(key)  # a view of the mapped file: its pages are read when touched
+        if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+            return t.to(dtype)
+        return t.clone()  # read now (on the read-ahead thread), into memory of our own
 
     def nbytes(self) -> int:
         return sum(p.stat().st_size for p in set(self.files.values()))
