@@ -218,13 +218,14 @@ def save_config(model: nn.Module, folder: str | os.PathLike) -> None:
 class StreamedModel:
     """A model argument opened for streaming: the skeleton, its checkpoint, and how to walk and write it."""
 
-    def __init__(self, spec: str, dtype: torch.dtype):
+    def __init__(self, spec: str | ModelSource, dtype: torch.dtype):
         from .adapter import DecoderAdapter
 
         folder = checkpoint_folder(spec)
         if folder is None:
-            raise WandappError(f"--stream reads a local save_pretrained folder; {spec} is not one "
-                               f"(write one with `wandapp convert --model {spec} --output DIR`)")
+            name = spec.name if isinstance(spec, ModelSource) else spec
+            raise WandappError(f"--stream reads a local save_pretrained folder; {name} is not one "
+                               f"(write one with `wandapp convert --model {name} --output DIR`)")
         self.ckpt = Checkpoint(folder)
         self.dtype = dtype
         self.model = skeleton(folder, dtype, self.ckpt)
