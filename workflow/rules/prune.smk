@@ -11,7 +11,7 @@ rule prune:
         report=f"{RESULTS}/metrics/{{model}}/{{method}}/{{sparsity}}/prune.json",
     params:
         method=lambda wc: method_name(wc.method),
-        sparsity=lambda wc: sparsity_arg(wc.sparsity),
+        sparsity=lambda wc: pattern_of(wc.sparsity).label,
         flags=prune_flags,
         extra=prune_extra_args,  # verbatim: flags
         nsamples=config["calibration"]["nsamples"],
