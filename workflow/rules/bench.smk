@@ -20,4 +20,4 @@ rule bench:
     conda:
         "../../envs/core.yaml"
     shell:
-        "wandapp bench --model {input.model:q} {params.extra} --output {output:q} > {log:q} 2>&1"
+        "gpu_slot wandapp bench --model {input.model:q} {params.extra} --output {output:q} > {log:q} 2>&1"

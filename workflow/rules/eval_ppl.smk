@@ -24,6 +24,6 @@ rule eval_ppl:
     conda:
         "../../envs/core.yaml"
     shell:
-        "wandapp ppl --model {input.model:q} --dataset {wildcards.dataset:q} --split {params.split:q}"
+        "gpu_slot wandapp ppl --model {input.model:q} --dataset {wildcards.dataset:q} --split {params.split:q}"
         " --seqlen {params.seqlen:q} {params.max_windows:q} --device {params.device:q} --dtype {params.dtype:q}"
         " {params.data_dir:q} --output {output:q} > {log:q} 2>&1"

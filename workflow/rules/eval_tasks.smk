@@ -24,6 +24,6 @@ rule eval_tasks:
     conda:
         "../../envs/core.yaml"
     shell:
-        "wandapp tasks --model {input.model:q} --tasks {params.tasks:q} {params.limit:q}"
+        "gpu_slot wandapp tasks --model {input.model:q} --tasks {params.tasks:q} {params.limit:q}"
         " --batch-size {params.batch_size:q} --device {params.device:q} --dtype {params.dtype:q} {params.data_dir:q}"
         " --output {output:q} > {log:q} 2>&1"
