@@ -101,6 +101,8 @@ CASES = {
                             "cannot apply to the N:M pattern 2:4", False),
     "prune-owl-lambda-negative": (lambda d, m, data: [*PRUNE, "--sparsity-profile", "owl", "--owl-lambda", "-0.1",
                                                       "--model", m, "--output", "o"], "lambda >= 0", False),
+    "prune-gblm-stream": (lambda d, m, data: ["prune", "--method", "gblm", "--sparsity", "0.5", *CPU, "--stream",
+                                              "--model", m, "--output", "o"], "--stream does not run gblm", False),
     "prune-gblm-norm-bad": (lambda d, m, data: ["prune", "--method", "gblm", "--sparsity", "0.5", *CPU,
                                                 "--gradient-norm", "l3", "--model", m, "--output", "o"],
                             "gradient_norm", False),

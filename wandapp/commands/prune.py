@@ -75,7 +75,11 @@ def run(args) -> None:
     check_calibration_options(args, source)
 
     torch.manual_seed(args.seed)
-    if use_stream(args, dtype):
+    stream = use_stream(args, dtype)
+    if stream and hasattr(method, "prepare"):  # a pass over the whole dense model first
+        raise WandappError(f"--stream does not run {method.name} or the owl profile yet (they need the whole dense "
+                           f"model before the walk); prune without --stream")
+    if stream:
         return run_streamed(args, source, method, pattern, device, dtype)
     model, tokenizer = load_model(source, dtype, "cpu")
     ids, calib = calibration_ids(args, tokenizer, model.get_input_embeddings().num_embeddings)
@@ -122,6 +126,7 @@ def run_streamed(args, source, method, pattern, device, dtype) -> None:
 
 
 def prune_report(args, method, pattern, calib, dtype, device, summary, info, logs) -> dict:
+    from ..profile import profile_report
     from ..runinfo import versions
 
     return {
