@@ -118,8 +118,12 @@ class BlockContext:
         return self.inputs.shape[0]
 
     def batches(self, samples: Sequence[int] | None = None, size: int | None = None) -> Iterator[torch.Tensor]:
-        idx = list(range(self.nsamples)) if samples is None else list(samples)
         size = size or self.micro_batch
+        if samples is None:  # slices: indexing a GPU tensor with a Python list syncs with the GPU every batch
+            for s in range(0, self.nsamples, size):
+                yield self.inputs[s : s + size].to(self.device, non_blocking=True)
+            return
+        idx = torch.as_tensor(list(samples), dtype=torch.long).to(self.inputs.device)  # one transfer
         for s in range(0, len(idx), size):
             yield self.inputs[idx[s : s + size]].to(self.device, non_blocking=True)
 

@@ -12,6 +12,8 @@ rule bench:
         code=code_version("bench"),
     log:
         f"{RESULTS}/logs/bench/{{model}}/{{method}}/{{sparsity}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/bench/{{model}}/{{method}}/{{sparsity}}.tsv"
     threads: threads_of("bench")
     resources:
         **resources_of("bench"),

@@ -16,6 +16,8 @@ rule eval_ppl:
         code=code_version("ppl"),
     log:
         f"{RESULTS}/logs/eval_ppl/{{model}}/{{method}}/{{variant}}/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval_ppl/{{model}}/{{method}}/{{variant}}/{{dataset}}.tsv"
     threads: threads_of("eval_ppl")
     resources:
         **resources_of("eval_ppl"),

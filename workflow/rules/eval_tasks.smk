@@ -16,6 +16,8 @@ rule eval_tasks:
         code=code_version("tasks"),
     log:
         f"{RESULTS}/logs/eval_tasks/{{model}}/{{method}}/{{variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval_tasks/{{model}}/{{method}}/{{variant}}.tsv"
     threads: threads_of("eval_tasks")
     resources:
         **resources_of("eval_tasks"),
