@@ -105,3 +105,16 @@ def test_workflow_wraps_gpu_rules_only_when_gpus_are_shared_out():
     assert "gpu_slot wandapp convert" not in shared.stdout and "gpu_slot wandapp calibrate" not in shared.stdout
     plain = dry_run("--configfile", "workflow/configs/paper.yaml", "-p")
     assert job_counts(plain.stdout) == job_counts(shared.stdout)
+
+
+def test_a_job_logs_its_start_end_and_device(tiny_llama_dir, tmp_path, capsys, monkeypatch):
+    from wandapp.cli import main
+
+    monkeypatch.setenv("WANDAPP_JOB_LOG", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    assert main(["convert", "--model", str(tiny_llama_dir), "--output", str(tmp_path / "m")]) == 0
+    err = capsys.readouterr().err
+    assert "wandapp convert: start 20" in err and "CUDA_VISIBLE_DEVICES=1" in err and "wandapp convert: end 20" in err
+    monkeypatch.delenv("WANDAPP_JOB_LOG")
+    main(["convert", "--model", str(tiny_llama_dir), "--output", str(tmp_path / "n")])
+    assert "start" not in capsys.readouterr().err

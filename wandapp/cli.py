@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import os
 import sys
 
 from . import __version__
@@ -38,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _job_log(command: str):
-    """Start/end lines in the job's log (runinfo.job_log); gpu-slot logs its own and stays free of torch's import."""
-    if command == "gpu-slot":
+    """Start/end lines in the job's log (runinfo.job_log) when WANDAPP_JOB_LOG is set (the workflow's jobs and
+    gpu-slot's commands set it; an interactive error stays one line); gpu-slot logs its own."""
+    if command == "gpu-slot" or not os.environ.get("WANDAPP_JOB_LOG"):
         return contextlib.nullcontext()
     from .runinfo import job_log
 

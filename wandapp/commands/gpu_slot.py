@@ -28,7 +28,7 @@ def run(args) -> None:
     cmd = list(args.cmd)
     if cmd[0] == "wandapp":  # the same interpreter and package as this wrapper (a shell function may stand for it)
         cmd = [sys.executable, "-m", "wandapp", *cmd[1:]]
-    env = dict(os.environ)
+    env = {**os.environ, "WANDAPP_JOB_LOG": "1"}  # the command logs its start, end and GPU too
     fds: tuple[int, ...] = ()
     if os.environ.get("SLURM_JOB_ID"):
         note = f"SLURM job {os.environ['SLURM_JOB_ID']}: its own GPUs"

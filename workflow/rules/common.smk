@@ -57,7 +57,8 @@ def gpu_slot_function():
 # command holds this machine's interpreter path, so it stays out of params, where a moved checkout or another
 # venv would make every job rerun.
 # (Snakemake formats the prefix like a shell command, so its braces are doubled once more.)
-shell.prefix(f'set -euo pipefail; wandapp() {{{{ {wandapp_command()} "$@"; }}}}; {gpu_slot_function()}')
+shell.prefix(f'set -euo pipefail; export WANDAPP_JOB_LOG=1; wandapp() {{{{ {wandapp_command()} "$@"; }}}}; '
+             f'{gpu_slot_function()}')
 
 RESULTS = config["results_dir"]
 REPORTS = config["reports_dir"]
