@@ -78,7 +78,9 @@ def load_model(spec: str | ModelSource, dtype: str | torch.dtype = "float32", de
     try:
         model = AutoModelForCausalLM.from_pretrained(src.path, **kwargs)
     except Exception as e:  # noqa: BLE001
-        raise WandappError(f"cannot load model from {src.name}: {_first_line(e)}") from e
+        hint = ("; if it holds only pickled weights, convert it once with `wandapp convert --allow-pickle`"
+                if src.kind == "hub" and not src.allow_pickle and "safetensors" in str(e) else "")
+        raise WandappError(f"cannot load model from {src.name}: {_first_line(e)}{hint}") from e
     if src.gguf_file:
         model = model.to(torch_dtype)  # GGUF dequantizes to float32 whatever dtype was asked
     tokenizer = load_tokenizer(src)
