@@ -79,6 +79,10 @@ class WandaPlusPlus:
                 raise ValueError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
         if min(self.ro_rounds, self.ro_samples, self.ro_batch, self.ro_epochs) < 1 and self.ro:
             raise ValueError("ro_rounds, ro_samples, ro_batch and ro_epochs must be >= 1")
+        if self.ro and not self.ro_lr > 0:
+            raise ValueError(f"ro_lr must be > 0; got {self.ro_lr:g}")
+        if not self.alpha >= 0:
+            raise ValueError(f"alpha must be >= 0; got {self.alpha:g}")
 
     @property
     def name(self) -> str:

@@ -13,13 +13,24 @@ import shutil
 import sys
 from pathlib import Path
 
+import yaml
 from snakemake.utils import validate
 
 from wandapp.codeversion import stage_code_hash
 from wandapp.commands.prune import HYPERPARAMETERS as PRUNE_HYPERPARAMETERS
+from wandapp.config_check import ConfigError, check_config
+from wandapp.methods import method_names
 from wandapp.report import DENSE, LORA_SUFFIX  # the report parses the paths these name
 
-validate(config, schema="../schemas/config.schema.yaml")
+# One line naming the bad key (Snakemake's validate prints the whole schema on a typo), then the checks a schema
+# cannot make (method labels, N:M values, model sources, data_dir); sparsity labels are normalised ('.5' -> '0.5').
+try:
+    check_config(config, yaml.safe_load(Path(workflow.basedir, "workflow/schemas/config.schema.yaml").read_text()),
+                 method_names())
+except ConfigError as e:
+    print(f"Error validating config file: {e}", file=sys.stderr)
+    sys.exit(2)
+validate(config, schema="../schemas/config.schema.yaml")  # valid by now; fills in the schema's defaults
 
 
 
@@ -71,8 +82,16 @@ def model_cfg(model):
     return {"dtype": "float32", "seqlen": 2048, **spec}
 
 
+# Rules quote every value they put in a shell command ({params.x:q}); an optional flag is a list, which :q
+# quotes item by item (an empty list is nothing). Only the *extra_args strings go in verbatim: they hold flags.
+
+
+def optional_flag(flag, value):
+    return [flag, str(value)] if value not in (None, "", False) else []
+
+
 def data_dir_arg():
-    return f"--data-dir {shlex.quote(config['data_dir'])}" if config.get("data_dir") else ""
+    return optional_flag("--data-dir", config.get("data_dir"))
 
 
 def code_version(command):
@@ -173,10 +192,14 @@ HYPERPARAMETER_FLAGS = ["preset"] + [flag.lstrip("-").replace("-", "_") for flag
 
 
 def prune_flags(wildcards):
-    """`wandapp prune` flags from the method's config entry: {alpha: 100} -> --alpha 100."""
+    """`wandapp prune` flags from the method's config entry: {alpha: 100} -> ["--alpha", "100"] (quoted by :q)."""
     spec = METHODS[wildcards.method]
-    flags = [f"--{key.replace('_', '-')} {spec[key]}" for key in HYPERPARAMETER_FLAGS if key in spec]
-    return " ".join(flags + [spec.get("extra_args", "")]).strip()
+    return [token for key in HYPERPARAMETER_FLAGS if key in spec for token in (f"--{key.replace('_', '-')}", str(spec[key]))]
+
+
+def prune_extra_args(wildcards):
+    """The method's extra_args, passed to the shell verbatim (it exists for flags wandapp has no key for)."""
+    return METHODS[wildcards.method].get("extra_args", "")
 
 
 def maybe_temp(path):
