@@ -4,7 +4,7 @@
 #        RESULTS/models/{model}/{method}/{variant}   pruned model, temp() unless kept
 #        RESULTS/metrics/{model}/{method}/{variant}/{prune,lora,ppl_<dataset>,tasks,bench}.json
 # {variant} is the sparsity, with the suffix LORA_SUFFIX for the LoRA-tuned model.
-# {sparsity} is the config string with ':' written as '-' ("2:4" -> "2-4"); the dense baseline is dense/0.
+# {sparsity} is SparsityPattern.path_label of the config string ("2:4" -> "2-4"); the dense baseline is dense/0.
 
 import os
 import re
@@ -16,22 +16,20 @@ from pathlib import Path
 import yaml
 from snakemake.utils import validate
 
-from wandapp.codeversion import stage_code_hash
-from wandapp.commands.prune import HYPERPARAMETERS as PRUNE_HYPERPARAMETERS
-from wandapp.config_check import ConfigError, check_config
-from wandapp.methods import method_names
-from wandapp.report import DENSE, LORA_SUFFIX  # the report parses the paths these name
+# The one wandapp module the workflow imports: light (no torch, no pandas), so parsing stays fast.
+from wandapp.workflow import (DENSE, LORA_SUFFIX, ConfigError, SparsityPattern, check_config, path_label,
+                              pattern_of, stage_code_hash)
 
 # One line naming the bad key (Snakemake's validate prints the whole schema on a typo), then the checks a schema
 # cannot make (method labels, N:M values, model sources, data_dir); sparsity labels are normalised ('.5' -> '0.5').
+# The method names come from the schema's enum, which is generated from wandapp.methods.METHODS.
+_SCHEMA = yaml.safe_load(Path(workflow.basedir, "workflow/schemas/config.schema.yaml").read_text())
 try:
-    check_config(config, yaml.safe_load(Path(workflow.basedir, "workflow/schemas/config.schema.yaml").read_text()),
-                 method_names())
+    check_config(config, _SCHEMA, _SCHEMA["properties"]["methods"]["additionalProperties"]["properties"]["method"]["enum"])
 except ConfigError as e:
     print(f"Error validating config file: {e}", file=sys.stderr)
     sys.exit(2)
 validate(config, schema="../schemas/config.schema.yaml")  # valid by now; fills in the schema's defaults
-
 
 
 def wandapp_command():
@@ -45,11 +43,21 @@ def wandapp_command():
     return shlex.quote(str(beside) if beside.is_file() else (shutil.which("wandapp") or "wandapp"))
 
 
+def gpu_slot_function():
+    """The bash function `gpu_slot CMD` that GPU rules put before their command. With `gpus: N` (N > 0),
+    `wandapp gpu-slot` gives each concurrent job its own GPU of this host (a lock file per id under
+    RESULTS/.gpu-slots; CUDA_VISIBLE_DEVICES set for the job); with 0, and always under SLURM, CMD runs as is."""
+    if config["gpus"]:
+        slots = shlex.quote(f"{config['results_dir']}/.gpu-slots")
+        return f'gpu_slot() {{{{ wandapp gpu-slot --gpus {config["gpus"]} --dir {slots} -- "$@"; }}}}; '
+    return 'gpu_slot() {{ "$@"; }}; '
+
+
 # Rules call plain `wandapp`: the shell prefix defines it as a bash function running wandapp_command(). The
 # command holds this machine's interpreter path, so it stays out of params, where a moved checkout or another
 # venv would make every job rerun.
 # (Snakemake formats the prefix like a shell command, so its braces are doubled once more.)
-shell.prefix(f'set -euo pipefail; wandapp() {{{{ {wandapp_command()} "$@"; }}}}; ')
+shell.prefix(f'set -euo pipefail; wandapp() {{{{ {wandapp_command()} "$@"; }}}}; {gpu_slot_function()}')
 
 RESULTS = config["results_dir"]
 REPORTS = config["reports_dir"]
@@ -63,14 +71,6 @@ wildcard_constraints:
     sparsity=r"[0-9.]+(-[0-9]+)?",
     variant=r"[0-9.]+(-[0-9]+)?(\+lora)?",
     dataset=r"[A-Za-z0-9_]+",
-
-
-def sparsity_label(sparsity):
-    return sparsity.replace(":", "-")
-
-
-def sparsity_arg(label):
-    return label.replace("-", ":")
 
 
 def method_name(label):
@@ -153,9 +153,9 @@ def variants():
             out.append((model, DENSE, "0"))
         for method in METHODS:
             for sparsity in config["sparsities"]:
-                out.append((model, method, sparsity_label(sparsity)))
+                out.append((model, method, path_label(sparsity)))
                 if config["lora"]["enabled"]:
-                    out.append((model, method, f"{sparsity_label(sparsity)}{LORA_SUFFIX}"))
+                    out.append((model, method, f"{path_label(sparsity)}{LORA_SUFFIX}"))
     return out
 
 
@@ -187,14 +187,16 @@ def report_figures():
     return names
 
 
-# Every `wandapp prune` hyperparameter option, from the CLI's own list (one source of truth).
-HYPERPARAMETER_FLAGS = ["preset"] + [flag.lstrip("-").replace("-", "_") for flag, _, _ in PRUNE_HYPERPARAMETERS]
-
-
 def prune_flags(wildcards):
-    """`wandapp prune` flags from the method's config entry: {alpha: 100} -> ["--alpha", "100"] (quoted by :q)."""
-    spec = METHODS[wildcards.method]
-    return [token for key in HYPERPARAMETER_FLAGS if key in spec for token in (f"--{key.replace('_', '-')}", str(spec[key]))]
+    """`wandapp prune` flags from the method's config entry, in its order: {alpha: 100} -> ["--alpha", "100"],
+    a true boolean -> ["--flag"] (each token quoted by :q). Every key is a flag: the schema, generated from the
+    methods' dataclass fields, lists them."""
+    flags = []
+    for key, value in METHODS[wildcards.method].items():
+        if key in ("method", "extra_args") or value is False:
+            continue
+        flags += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return flags
 
 
 def prune_extra_args(wildcards):
@@ -206,5 +208,5 @@ def maybe_temp(path):
     return path if config["keep_pruned_models"] else temp(path)
 
 
-def benched(sparsity_label_):
-    return sparsity_arg(sparsity_label_) in config["bench"]["patterns"]
+def benched(variant):
+    return pattern_of(variant) in {SparsityPattern.parse(p) for p in config["bench"]["patterns"]}

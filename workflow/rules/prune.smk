@@ -11,7 +11,7 @@ rule prune:
         report=f"{RESULTS}/metrics/{{model}}/{{method}}/{{sparsity}}/prune.json",
     params:
         method=lambda wc: method_name(wc.method),
-        sparsity=lambda wc: sparsity_arg(wc.sparsity),
+        sparsity=lambda wc: pattern_of(wc.sparsity).label,
         flags=prune_flags,
         extra=prune_extra_args,  # verbatim: flags
         nsamples=config["calibration"]["nsamples"],
@@ -30,7 +30,7 @@ rule prune:
     conda:
         "../../envs/core.yaml"
     shell:
-        "(wandapp prune --model {input.model:q} --method {params.method:q} --sparsity {params.sparsity:q}"
+        "(gpu_slot wandapp prune --model {input.model:q} --method {params.method:q} --sparsity {params.sparsity:q}"
         " --calibration {input.calibration:q} --nsamples {params.nsamples:q} --seqlen {params.seqlen:q}"
         " --seed {params.seed:q} --device {params.device:q} --dtype {params.dtype:q} {params.flags:q} {params.extra}"
         " --output {output.model:q}"
