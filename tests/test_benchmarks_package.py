@@ -25,5 +25,4 @@ def test_script_imports_as_a_module_without_sibling_imports(script):
             [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
         assert not {n.split(".")[0] for n in names} & siblings, f"{script.name} imports a sibling by its bare name"
     assert "PYTHONPATH=." not in script.read_text()
-    module = importlib.import_module(f"benchmarks.{script.parent.name}.{script.stem}")
-    assert callable(getattr(module, "main", None)) or "__main__" in script.read_text()
+    importlib.import_module(f"benchmarks.{script.parent.name}.{script.stem}")  # scripts and shared modules alike
