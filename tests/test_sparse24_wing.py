@@ -5,8 +5,6 @@ import ast
 import json
 from pathlib import Path
 
-import pytest
-
 from wandapp import cli, sparse24
 
 PACKAGE = Path(cli.__file__).parent
@@ -56,8 +54,8 @@ def test_cutlass_on_without_the_extra_says_how_to_install_it(tiny_llama_dir, tmp
     out = tmp_path / "bench.json"
     argv = ["bench", "--model", str(tiny_llama_dir), "--output", str(out), "--device", "cpu", "--cutlass", "on"]
     assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "pip install 'wandapp[sparse24]'" in err and "nvidia-cutlass" in err
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]  # (run start/end lines aside)
+    assert len(errors) == 1 and "pip install 'wandapp[sparse24]'" in errors[0] and "nvidia-cutlass" in errors[0]
     assert not out.exists()
     # with the extra (here: a module that exists) the same command gets as far as the CPU's skipped result
     monkeypatch.setattr(sparse24, "EXTRA_MODULES", {"json": "nvidia-cutlass"})
@@ -93,3 +91,25 @@ def test_the_walker_loads_neither_the_wing_nor_pandas_nor_lm_eval():
     # the other core modules (report excepted: it is pandas' user) stay clear of the wing as well
     core = _loaded_modules("import " + ", ".join(f"wandapp.{m}" for m in CORE if m not in ("report", "commands")))
     assert not {m for m in core if m.startswith("wandapp.sparse24")}
+
+
+def test_export_runs_through_the_discovered_command(tiny_llama_dir, tokenizer, tmp_path, capsys):
+    import torch
+
+    from conftest import build_tiny_llama
+    from wandapp.adapter import DecoderAdapter
+    from wandapp.sparse24.sparsity import random_2of4_
+
+    # a dense model is refused in one line, and nothing is written
+    assert cli.main(["export", "--model", str(tiny_llama_dir), "--output", str(tmp_path / "dense-24")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "not 2:4" in errors[0] and not (tmp_path / "dense-24").exists()
+    model = build_tiny_llama()
+    with torch.no_grad():
+        for lin in DecoderAdapter.from_model(model).all_linears().values():
+            random_2of4_(lin.weight, torch.Generator().manual_seed(0))
+    model.save_pretrained(tmp_path / "pruned")
+    tokenizer.save_pretrained(tmp_path / "pruned")
+    assert cli.main(["export", "--model", str(tmp_path / "pruned"), "--output", str(tmp_path / "out")]) == 0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["quantization_config"]["sparsity_config"]["format"] == "sparse-24-bitmask"

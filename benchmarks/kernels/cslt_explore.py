@@ -88,8 +88,14 @@ def alg_split_sweep(device):
 
 
 def small_e2e(device):
-    from wandapp.sparse24.end_to_end import (decode_tokens_per_s, logits_rel_error, prefill_ms, random_ids,
-                                          restore_dense_linears, swap_in_sparse_linears)
+    from wandapp.sparse24.end_to_end import (
+        decode_tokens_per_s,
+        logits_rel_error,
+        prefill_ms,
+        random_ids,
+        restore_dense_linears,
+        swap_in_sparse_linears,
+    )
     from wandapp.sparse24.synthetic import build_random_2of4_llama
 
     model = build_random_2of4_llama(device, torch.float16, num_layers=4)

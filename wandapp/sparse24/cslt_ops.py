@@ -20,7 +20,6 @@ import torch
 from .cusparselt import CusparseLt, Layout
 from .per_device import per_device
 
-
 context_for = per_device(CusparseLt)  # the one cuSPARSELt handle (and plan cache) of a CUDA device
 
 

@@ -15,7 +15,6 @@ import torch
 from .cutlass_sparse import Choice, CutlassSparse
 from .per_device import per_device
 
-
 context_for = per_device(CutlassSparse)
 _choice = functools.cache(Choice.parse)  # parsed once per name, not on every eager call
 

@@ -54,7 +54,7 @@ def time_shape(name, shape, tokens_list, dtype, device, layout="out_t", lt=None,
     `alg_for(tokens) -> (alg_id, split_k, layout name)`, where a CUTLASS choice name runs on `cutlass`.
     Without it, torch._cslt_sparse_mm in the given layout, default algorithm.
     """
-    from .cusparselt import Layout, TORCH_LAYOUT
+    from .cusparselt import TORCH_LAYOUT, Layout
     from .cutlass_sparse import Choice, is_cutlass
 
     gen = torch.Generator(device).manual_seed(0)

@@ -8,15 +8,23 @@ import time
 
 import torch
 
-from .end_to_end import (capture_prefill, compiled_blocks, decode_tokens_per_s, has_sparse_modules, logits_rel_error,
-                         random_ids, restore_dense_linears, swap_in_sparse_linears)
-from .linear_sweep import DEFAULT_TOKENS, crossover_tokens, time_shape, tune_algorithms
 from .cusparselt import DEFAULT_LAYOUTS, TORCH_LAYOUT, parse_layouts
-from .mlp_sweep import time_mlp
-from .timing import alternating_medians
-from .sparse_linear import NEVER
 from .cutlass_sparse import is_cutlass
+from .end_to_end import (
+    capture_prefill,
+    compiled_blocks,
+    decode_tokens_per_s,
+    has_sparse_modules,
+    logits_rel_error,
+    random_ids,
+    restore_dense_linears,
+    swap_in_sparse_linears,
+)
+from .linear_sweep import DEFAULT_TOKENS, crossover_tokens, time_shape, tune_algorithms
+from .mlp_sweep import time_mlp
+from .sparse_linear import NEVER
 from .sparse_mlp import DOWN_LAYOUT, GATE_UP_LAYOUT, down_layouts, gate_up_layouts
+from .timing import alternating_medians
 
 DEFAULT_CHOICE = (0, 1, TORCH_LAYOUT.name())  # (alg_id, split_k, layout): torch's
 DEFAULT_MLP_CHOICE = ((0, 1, GATE_UP_LAYOUT), (0, 1, DOWN_LAYOUT))

@@ -10,12 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cslt_ops, cutlass_ops  # (they register torch.ops.wandapp.cslt_mm and cutlass_mm)
-from .cusparselt import TORCH_LAYOUT, Layout, stored_input, token_output
-from .cutlass_sparse import available as cutlass_available, is_cutlass
-from .transpose import contiguous
 from ..errors import WandappError
 from ..masks import follows_nm
+from . import cslt_ops, cutlass_ops  # (they register torch.ops.wandapp.cslt_mm and cutlass_mm)
+from .cusparselt import TORCH_LAYOUT, Layout, stored_input, token_output
+from .cutlass_sparse import available as cutlass_available
+from .cutlass_sparse import is_cutlass
+from .transpose import contiguous
 
 NEVER = 1 << 62  # a threshold no call reaches: always dense
 

@@ -48,8 +48,9 @@ def register(sub) -> None:
     p.add_argument("--no-fuse-mlp", dest="fuse_mlp", action="store_false",
                    help="run gated MLPs per linear instead of as one fused gate+up product and down_proj")
     p.add_argument("--cutlass", choices=("auto", "on", "off"), default="auto",
-                   help="also tune CUTLASS's sm90 2:4 kernels (Hopper, float16; built with nvcc and the nvidia-cutlass "
-                   "headers on first use, or WANDAPP_CUTLASS_SPARSE=prebuilt.so): auto uses them where they can run")
+                   help="also tune CUTLASS's sm90 2:4 kernels (Hopper, float16; built with nvcc and the CUTLASS headers "
+                   f"on first use ({INSTALL}), or WANDAPP_CUTLASS_SPARSE=prebuilt.so): auto uses them where they can "
+                   "run")
     p.add_argument("--no-compile", dest="compile_blocks", action="store_false",
                    help="skip the prefill timings with torch.compile'd decoder blocks (they compile once per shape)")
     shapes = p.add_mutually_exclusive_group()
