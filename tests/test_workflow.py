@@ -183,6 +183,23 @@ def test_workflow_imports_one_light_module():
     modules = set(re.findall(r"\|\s*([\w.]+)$", r.stderr, re.M))
     assert {m for m in modules if m.startswith("wandapp")} <= set(eval(loaded.stdout))
     assert not {m for m in modules if m == "torch" or m.startswith("torch.")}
+    assert not any(m.startswith("wandapp") for m in importers_of("pandas", r.stderr))
+
+
+def importers_of(module: str, importtime: str) -> list[str]:
+    """The chain of modules whose import first imported `module`, from `python -X importtime` output (post-order:
+    a module's line follows its imports' lines, one indent level deeper)."""
+    rows = [(len(m[1]) - len(m[1].lstrip()), m[1].strip())
+            for m in re.finditer(r"^import time:[^|]*\|[^|]*\|( *[\w.]+)$", importtime, re.M)]
+    start = next((i for i, (_, name) in enumerate(rows) if name == module), None)
+    if start is None:
+        return []
+    chain, depth = [], rows[start][0]
+    for indent, name in rows[start + 1:]:
+        if indent < depth:
+            chain.append(name)
+            depth = indent
+    return chain
 
 
 def test_workflow_lints_clean():
