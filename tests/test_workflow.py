@@ -208,3 +208,72 @@ def test_workflow_lints_clean():
     r = subprocess.run([str(SNAKEMAKE), "--lint", "--workflow-profile", "none", "--snakefile", str(REPO / "Snakefile")],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "Lints for" not in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def _one_line_error(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode != 0 and "Job stats" not in r.stdout, r.stdout
+    lines = [line for line in (r.stderr + r.stdout).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error validating config file: "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "changes,named",
+    [
+        ({"methods.foo": None}, "methods.foo: not a known method"),
+        ({"sparsities": ["5:4"]}, "sparsities[0]: invalid N:M sparsity '5:4'"),
+        ({"sparsities": ["2:4", "4:4"]}, "sparsities[1]: invalid N:M sparsity '4:4'"),
+        ({"sparsities": ["0:4"]}, "sparsities[0]: invalid N:M sparsity '0:4'"),
+        ({"sparsities": ["2:0"]}, "sparsities[0]: invalid N:M sparsity '2:0'"),
+        ({"bench.patterns": ["4:2"]}, "bench.patterns[0]: invalid N:M"),
+        ({"models.smollm2.source": "./no/such/folder"}, "models.smollm2.source: model not found"),
+        ({"models.smollm2.source": "/no/such/model.gguf"}, "models.smollm2.source: model file not found"),
+        ({"eval.ppl.datasets": ["wikitext3"]}, "eval.ppl.datasets[0]: 'wikitext3' is not one of"),
+        ({"data_dir": "/no/such/mirror"}, "data_dir: /no/such/mirror is not a folder"),
+        ({"calibration.dataset": "missing.jsonl"}, "calibration.dataset: 'missing.jsonl' is not"),
+        ({"sparsitys": ["0.5"]}, "sparsitys: unknown key ('sparsitys' was unexpected); expected one of: bench,"),
+        ({"methods.wanda++.alpah": 1}, "methods.wanda++.alpah: unknown key"),
+        ({"models.smollm2.dtype": "fp8"}, "models.smollm2.dtype: 'fp8' is not one of"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(tmp_path, changes, named):
+    cfg = write_config(tmp_path, "config.yaml", **changes)
+    assert named in _one_line_error(dry_run("--configfile", str(cfg)))
+
+
+def test_equal_sparsities_are_one_label(tmp_path):
+    cfg = write_config(tmp_path, "workflow/configs/ci.yaml", sparsities=["0.5", ".5", "0.50", "2:4"])
+    r = dry_run("--configfile", str(cfg))
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert job_counts(r.stdout)["prune"] == 2 * 2  # ci.yaml's two methods x {0.5, 2:4}
+    assert "/.5" not in r.stdout and "/0.50" not in r.stdout and "/0.5/" in r.stdout
+
+
+def test_config_strings_reach_the_shell_as_single_words(tmp_path):
+    import shlex
+
+    odd = "res dir; touch PWNED #"
+    cfg = write_config(tmp_path, "workflow/configs/ci.yaml", results_dir=odd, reports_dir="rep $(touch PWNED)",
+                       **{"eval.tasks.enabled": True, "eval.tasks.names": ["arc_easy; touch PWNED #"],
+                          "methods.wanda": {"extra_args": "--micro-batch 2"}})
+    r = dry_run("--configfile", str(cfg), "-p")
+    if r.returncode != 0:  # a stricter schema for task names may refuse it: also safe, if it is one line
+        _one_line_error(r)
+        cfg = write_config(tmp_path, "workflow/configs/ci.yaml", results_dir=odd, reports_dir="rep $(touch PWNED)",
+                           **{"methods.wanda": {"extra_args": "--micro-batch 2"}})
+        r = dry_run("--configfile", str(cfg), "-p")
+    assert r.returncode == 0, r.stderr + r.stdout
+    commands = [line.split("Shell command: ", 1)[1] for line in r.stdout.splitlines() if "Shell command: " in line]
+    commands = [c for c in commands if c != "None"]  # rule all
+    assert commands
+    for command in commands:
+        lexer = shlex.shlex(command, posix=True, punctuation_chars=True)  # ( ) ; && outside quotes: own tokens
+        lexer.whitespace_split = True
+        words = list(lexer)
+        paths = [w for w in words if "res dir" in w or w.startswith("rep ")]
+        assert paths and all(w.startswith((odd, "rep $(touch PWNED)")) for w in paths), command
+        assert "touch" not in [w for w in words], command  # no word of a config value became a command
+        if "--tasks" in words:
+            assert words[words.index("--tasks") + 1].startswith("arc_easy; touch PWNED #")
+    prune = next(c for c in commands if "--method wanda " in c)
+    assert " --micro-batch 2 " in prune  # extra_args stays verbatim: it is for flags

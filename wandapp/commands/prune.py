@@ -50,19 +50,22 @@ def run(args) -> None:
     from ..prune_report import sparsity_summary
     from ..runinfo import measured, versions
     from ..walker import prune_model
-    from .calibrate import calibration_ids, check_calibration_source
+    from .calibrate import calibration_ids, check_calibration_options
+    from .common import check_model, check_output
 
+    check_output(args, folder=True)
     pattern = SparsityPattern.parse(args.sparsity)
     hyper = {name: getattr(args, name) for name in hyperparameter_table()}
     method = build_method(args.method, pattern, args.preset, seed=args.seed, **hyper)
     if args.micro_batch < 1:
         raise WandappError("--micro-batch must be >= 1")
     device, dtype = device_and_dtype(args)
-    check_calibration_source(args)
+    source = check_model(args)
+    check_calibration_options(args, source)
 
     torch.manual_seed(args.seed)
-    model, tokenizer = load_model(args.model, dtype, "cpu")
-    ids, calib = calibration_ids(args, tokenizer)
+    model, tokenizer = load_model(source, dtype, "cpu")
+    ids, calib = calibration_ids(args, tokenizer, model.get_input_embeddings().num_embeddings)
     if args.keep_on_device:
         model.to(device)
     with measured(device) as info:
@@ -85,7 +88,7 @@ def run(args) -> None:
         "block_logs": logs,
         "versions": versions(),
     }
-    with atomic_dir(args.output) as tmp:
+    with atomic_dir(args.output, overwrite=args.overwrite) as tmp:
         save_model(model, tokenizer, tmp)
         write_json(tmp / "prune_report.json", report)
     print(f"{method.name} {pattern.label}: sparsity {report['sparsity_overall']:.4f} in {info['wall_time_s']:.1f} s "

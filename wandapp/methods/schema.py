@@ -37,7 +37,7 @@ def entry_properties() -> dict:
         if "exclusive_minimum" in h.rules:
             prop["exclusiveMinimum"] = h.rules["exclusive_minimum"]
         props[h.name] = {**prop, "description": h.description}
-    props["extra_args"] = {"type": "string", "description": "further `wandapp prune` flags, passed verbatim"}
+    props["extra_args"] = {"type": "string", "description": "further `wandapp prune` flags, passed to the shell verbatim (not quoted)"}
     return props
 
 

@@ -13,13 +13,23 @@ import shutil
 import sys
 from pathlib import Path
 
+import yaml
 from snakemake.utils import validate
 
-# The one wandapp module the workflow imports: light (no torch, no pandas), so parsing stays fast.
+# The light wandapp modules the workflow imports (no torch, no pandas), so parsing stays fast.
+from wandapp.config_check import ConfigError, check_config
 from wandapp.workflow import DENSE, LORA_SUFFIX, SparsityPattern, path_label, pattern_of, stage_code_hash
 
-validate(config, schema="../schemas/config.schema.yaml")
-
+# One line naming the bad key (Snakemake's validate prints the whole schema on a typo), then the checks a schema
+# cannot make (method labels, N:M values, model sources, data_dir); sparsity labels are normalised ('.5' -> '0.5').
+# The method names come from the schema's enum, which is generated from wandapp.methods.METHODS.
+_SCHEMA = yaml.safe_load(Path(workflow.basedir, "workflow/schemas/config.schema.yaml").read_text())
+try:
+    check_config(config, _SCHEMA, _SCHEMA["properties"]["methods"]["additionalProperties"]["properties"]["method"]["enum"])
+except ConfigError as e:
+    print(f"Error validating config file: {e}", file=sys.stderr)
+    sys.exit(2)
+validate(config, schema="../schemas/config.schema.yaml")  # valid by now; fills in the schema's defaults
 
 
 def wandapp_command():
@@ -62,8 +72,16 @@ def model_cfg(model):
     return {"dtype": "float32", "seqlen": 2048, **spec}
 
 
+# Rules quote every value they put in a shell command ({params.x:q}); an optional flag is a list, which :q
+# quotes item by item (an empty list is nothing). Only the *extra_args strings go in verbatim: they hold flags.
+
+
+def optional_flag(flag, value):
+    return [flag, str(value)] if value not in (None, "", False) else []
+
+
 def data_dir_arg():
-    return f"--data-dir {shlex.quote(config['data_dir'])}" if config.get("data_dir") else ""
+    return optional_flag("--data-dir", config.get("data_dir"))
 
 
 def code_version(command):
@@ -160,15 +178,20 @@ def report_figures():
 
 
 def prune_flags(wildcards):
-    """`wandapp prune` flags from the method's config entry, in its order: {alpha: 100} -> --alpha 100, a true
-    boolean -> --flag. Every key is a flag: the schema (generated from the methods' dataclass fields) lists them."""
+    """`wandapp prune` flags from the method's config entry, in its order: {alpha: 100} -> ["--alpha", "100"],
+    a true boolean -> ["--flag"] (each token quoted by :q). Every key is a flag: the schema, generated from the
+    methods' dataclass fields, lists them."""
     flags = []
     for key, value in METHODS[wildcards.method].items():
         if key in ("method", "extra_args") or value is False:
             continue
-        flag = f"--{key.replace('_', '-')}"
-        flags.append(flag if value is True else f"{flag} {shlex.quote(str(value))}")
-    return " ".join(flags + [METHODS[wildcards.method].get("extra_args", "")]).strip()
+        flags += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return flags
+
+
+def prune_extra_args(wildcards):
+    """The method's extra_args, passed to the shell verbatim (it exists for flags wandapp has no key for)."""
+    return METHODS[wildcards.method].get("extra_args", "")
 
 
 def maybe_temp(path):
