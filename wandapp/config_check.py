@@ -48,7 +48,7 @@ def schema_error(config: dict, schema: dict) -> str | None:
 
 def sparsity_label(text) -> str:
     """One label per sparsity: '0.5', '.5' and '0.50' -> '0.5'; 'N:M' as given. Raises ValueError."""
-    from .masks import SparsityPattern
+    from .pattern import SparsityPattern
 
     text = str(text).strip()
     pattern = SparsityPattern.parse(text)  # WandappError for N >= M, a zero, a ratio outside [0, 1)
@@ -76,7 +76,7 @@ def _check_sparsities(config: dict, key: str, values: list) -> list[str]:
 
 def check_config(config: dict, schema: dict, methods: list[str], cwd: str | os.PathLike = ".") -> None:
     """Raise ConfigError (one line) for the first bad value; normalise sparsity labels in place."""
-    from .models import EMBEDDED, resolve_model
+    from .sources import EMBEDDED, resolve_model
 
     if (line := schema_error(config, schema)) is not None:
         raise ConfigError(line)

@@ -16,9 +16,9 @@ from pathlib import Path
 import yaml
 from snakemake.utils import validate
 
-# The light wandapp modules the workflow imports (no torch, no pandas), so parsing stays fast.
-from wandapp.config_check import ConfigError, check_config
-from wandapp.workflow import DENSE, LORA_SUFFIX, SparsityPattern, path_label, pattern_of, stage_code_hash
+# The one wandapp module the workflow imports: light (no torch, no pandas, no CLI), so parsing stays fast.
+from wandapp.workflow import (DENSE, LORA_SUFFIX, ConfigError, SparsityPattern, check_config, path_label,
+                              pattern_of, stage_code_hash)
 
 # One line naming the bad key (Snakemake's validate prints the whole schema on a typo), then the checks a schema
 # cannot make (method labels, N:M values, model sources, data_dir); sparsity labels are normalised ('.5' -> '0.5').
