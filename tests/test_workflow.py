@@ -161,8 +161,8 @@ def test_config_keys_become_prune_flags(tmp_path):
                                             "x_norm": "per-sample", "ro_epochs": 1}})  # (written sorted)
     r = dry_run("--configfile", str(cfg), "-p")
     assert r.returncode == 0, r.stderr + r.stdout
-    assert re.search(r"--preset tuned --ro-epochs 1 --ro-rounds 1 --track-error --x-norm per-sample\s+--output",
-                     r.stdout)
+    shell = " ".join(r.stdout.split())  # (an empty extra_args leaves two spaces)
+    assert "--preset tuned --ro-epochs 1 --ro-rounds 1 --track-error --x-norm per-sample --output" in shell
     assert "--sparsity 2:4" in r.stdout and "wanda++/2-4" in r.stdout
 
 
@@ -182,28 +182,8 @@ def test_workflow_imports_one_light_module():
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     modules = set(re.findall(r"\|\s*([\w.]+)$", r.stderr, re.M))
-    from wandapp.codeversion import PACKAGE_ROOT, _module_name, import_closure
-
-    reachable = {_module_name(f) for f in import_closure(PACKAGE_ROOT / "workflow.py")}  # imports in functions too
-    assert {m for m in modules if m.startswith("wandapp")} <= reachable
+    assert {m for m in modules if m.startswith("wandapp")} <= set(eval(loaded.stdout))
     assert not {m for m in modules if m == "torch" or m.startswith("torch.")}
-    assert not any(m.startswith("wandapp") for m in importers_of("pandas", r.stderr))
-
-
-def importers_of(module: str, importtime: str) -> list[str]:
-    """The chain of modules whose import first imported `module`, from `python -X importtime` output (post-order:
-    a module's line follows its imports' lines, one indent level deeper)."""
-    rows = [(len(m[1]) - len(m[1].lstrip()), m[1].strip())
-            for m in re.finditer(r"^import time:[^|]*\|[^|]*\|( *[\w.]+)$", importtime, re.M)]
-    start = next((i for i, (_, name) in enumerate(rows) if name == module), None)
-    if start is None:
-        return []
-    chain, depth = [], rows[start][0]
-    for indent, name in rows[start + 1:]:
-        if indent < depth:
-            chain.append(name)
-            depth = indent
-    return chain
 
 
 def test_workflow_lints_clean():

@@ -1,9 +1,8 @@
 """The one module the Snakemake workflow (workflow/rules/common.smk) imports at parse time.
 
-Standard library only: no torch, no pandas, no CLI (config_check's parse-time checks and the code hashes come
-through it). It names the results tree's layout, which the report parses back:
-RESULTS/metrics/{model}/{method}/{variant}/KIND.json, where variant is SparsityPattern.path_label ("2-4", "0.5"),
-DENSE's variant is "0", and LORA_SUFFIX marks the LoRA-tuned model.
+Standard library only: no torch, no pandas, no CLI. It names the results tree's layout, which the report parses
+back: RESULTS/metrics/{model}/{method}/{variant}/KIND.json, where variant is SparsityPattern.path_label ("2-4",
+"0.5"), DENSE's variant is "0", and LORA_SUFFIX marks the LoRA-tuned model.
 """
 
 from __future__ import annotations
@@ -15,8 +14,7 @@ from .pattern import SparsityPattern
 DENSE = "dense"
 LORA_SUFFIX = "+lora"
 
-__all__ = ["DENSE", "LORA_SUFFIX", "ConfigError", "SparsityPattern", "check_config", "path_label", "pattern_of",
-           "stage_code_hash"]
+__all__ = ["DENSE", "LORA_SUFFIX", "ConfigError", "SparsityPattern", "check_config", "stage_code_hash", "path_label", "pattern_of"]
 
 
 def path_label(sparsity: str) -> str:

@@ -8,6 +8,7 @@ prompts, choices and metrics stay lm-eval's own. Without a mirror, lm-eval loads
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,12 +121,47 @@ def _quote(path) -> str:
     return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# Where lm-eval keeps each local task's YAML (checked, and found by a text scan if a release moves one).
+PACKAGED_YAML = {
+    "boolq": "super_glue/boolq/default.yaml",
+    "rte": "glue/rte/default.yaml",
+    "hellaswag": "hellaswag/hellaswag.yaml",
+    "winogrande": "winogrande/default.yaml",
+    "arc_easy": "arc/arc_easy.yaml",
+    "arc_challenge": "arc/arc_challenge.yaml",
+    "openbookqa": "openbookqa/openbookqa.yaml",
+    "piqa": "piqa/piqa.yaml",
+}
+
+
+def packaged_task_yaml(task: str) -> Path | None:
+    """The packaged YAML that defines `task`, without a TaskManager: indexing lm-eval's ~14,000 task YAMLs took
+    most of a quick `wandapp tasks` job's start-up (about 8 s of parsing on a 2-core machine, twice)."""
+    import lm_eval.tasks
+
+    tasks_dir = Path(lm_eval.tasks.__file__).parent
+    defines = re.compile(rf"^task:\s*['\"]?{re.escape(task)}['\"]?\s*$", re.M)
+    known = tasks_dir / PACKAGED_YAML.get(task, "-")
+    candidates = [known] if known.is_file() else []
+    for path in [*candidates, *sorted(tasks_dir.rglob("*.yaml"))]:
+        try:
+            if defines.search(path.read_text(errors="replace")):
+                return path
+        except OSError:
+            continue
+    return None
+
+
 def build_task_manager(tasks: list[str], root: Path | None, work_dir: Path):
     """A TaskManager that knows the local copies, and the lm-eval task name for each requested task."""
     from lm_eval.tasks import TaskManager
 
-    packaged = TaskManager()
-    _check_known(tasks, packaged)
+    local = {t: packaged_task_yaml(t) for t in tasks if root is not None and t in LOCAL_TASKS}
+    all_local = root is not None and all(local.get(t) is not None for t in tasks)
+    packaged = None
+    if not all_local:  # some task comes from lm-eval's own registry: the full index is needed anyway
+        packaged = TaskManager()
+        _check_known(tasks, packaged)
     if root is None:
         return packaged, {t: t for t in tasks}
     config_dir, cache_dir = work_dir / "task_configs", work_dir / "datasets_cache"
@@ -136,13 +172,12 @@ def build_task_manager(tasks: list[str], root: Path | None, work_dir: Path):
             log.warning("task %s has no local data in %s: lm-eval will load it from the hub", task, root)
             names[task] = task
             continue
-        yaml_path = packaged.task_index[task].yaml_path
+        yaml_path = local.get(task) or packaged.task_index[task].yaml_path
         (config_dir / f"{task}.yaml").write_text(local_task_yaml(task, str(yaml_path), root, cache_dir))
         names[task] = LOCAL_PREFIX + task
     if not any(n.startswith(LOCAL_PREFIX) for n in names.values()):
         return packaged, names
     # Indexing lm-eval's thousands of packaged tasks takes seconds: skip it when every task is a local copy.
-    all_local = all(n.startswith(LOCAL_PREFIX) for n in names.values())
     return TaskManager(include_path=str(config_dir), include_defaults=not all_local), names
 
 

@@ -1,8 +1,5 @@
-"""Where a model comes from: a hub id, a `save_pretrained` folder, a GGUF file or an embedded short name.
-
-Resolved without loading anything and without torch, so the workflow's config check (parse time) can use it;
-wandapp.models loads what this names.
-"""
+"""Where a model comes from, decided without loading anything. Standard library only: the workflow's config
+checks import it at parse time, without torch."""
 
 from __future__ import annotations
 
