@@ -20,11 +20,11 @@ import torch
 
 from benchmarks.pruning.prune_time_7b import SHAPES, random_llama
 from benchmarks.pruning.runs import parse_run
+from wandapp import walker
 from wandapp.masks import SparsityPattern
+from wandapp.methods import build_method
 from wandapp.methods import sparsegpt as sparsegpt_module
 from wandapp.methods.stats import ColumnNorm, Hessian
-from wandapp.methods import build_method
-from wandapp import walker
 from wandapp.offload import BlockShuttle
 from wandapp.walker import BlockContext, prune_model
 

@@ -29,7 +29,6 @@ from wandapp.masks import SparsityPattern
 from wandapp.methods import build_method
 from wandapp.walker import prune_model
 
-
 SHAPES = {  # LLaMA-7B; quarter: a quarter of its widths (a CPU profile); tiny: a harness test on the CPU
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
                vocab_size=32000, max_position_embeddings=2048),
