@@ -4,9 +4,9 @@ import copy
 
 import pytest
 import torch
+from sparsegpt_reference import hessian_4f5ea66, sparsegpt_prune_4f5ea66
 
 from conftest import build_tiny_llama
-from sparsegpt_reference import hessian_4f5ea66, sparsegpt_prune_4f5ea66
 from wandapp.adapter import DecoderAdapter
 from wandapp.masks import SparsityPattern, apply_mask
 from wandapp.methods import build_method

@@ -35,7 +35,8 @@ def time_table(rows: list[dict], old: str = "old", new: str = "new") -> list[str
                 cells.append("-")
                 continue
             s, estimated = seconds_for_all(r)
-            cells.append(f"{s:.1f} (est. from {r['blocks_pruned']} of {r['layers']} blocks)" if estimated else f"{s:.1f}")
+            note = f" (est. from {r['blocks_pruned']} of {r['layers']} blocks)" if estimated else ""
+            cells.append(f"{s:.1f}{note}")
         ratio = f"{seconds_for_all(a)[0] / seconds_for_all(b)[0]:.2f}x" if a and b else "-"
         peaks = [f"{r['peak_gpu_gb']}" if r and r.get("peak_gpu_gb") is not None else "-" for r in (a, b)]
         lines.append(f"| {run} | {cells[0]} | {cells[1]} | {ratio} | {peaks[0]} | {peaks[1]} |")
@@ -43,7 +44,8 @@ def time_table(rows: list[dict], old: str = "old", new: str = "new") -> list[str
 
 
 def mask_table(folder: str, old: str = "old", new: str = "new") -> list[str]:
-    lines = ["| run (block 0, after the runs before it) | mask bits equal | masks identical | max abs weight diff (first rows) |",
+    lines = ["| run (block 0, after the runs before it) | mask bits equal | masks identical "
+             "| max abs weight diff (first rows) |",
              "|---|---|---|---|"]
     for path in sorted(glob.glob(os.path.join(folder, f"{old}-*.pt"))):
         other = path.replace(f"{old}-", f"{new}-")
@@ -70,8 +72,9 @@ def main() -> None:
     args = ap.parse_args()
     rows = [json.loads(line) for line in open(args.rows) if line.strip()]
     gpu = next((r["gpu"] for r in rows), "?")
-    lines = [f"Prune time, {gpu}, {rows[0]['layers'] if rows else '?'} blocks, {rows[0]['nsamples'] if rows else '?'} x "
-             f"{rows[0]['seqlen'] if rows else '?'} calibration, {rows[0]['sparsity'] if rows else '?'}", ""]
+    first = rows[0] if rows else {}
+    lines = [f"Prune time, {gpu}, {first.get('layers', '?')} blocks, {first.get('nsamples', '?')} x "
+             f"{first.get('seqlen', '?')} calibration, {first.get('sparsity', '?')}", ""]
     lines += time_table(rows)
     if args.masks:
         lines += ["", *mask_table(args.masks)]

@@ -129,7 +129,8 @@ def sparsegpt_prune(weight: torch.Tensor, H: torch.Tensor, pattern: SparsityPatt
                     blocksize: int = 128, percdamp: float = 0.01, segments: Sequence[int] | None = None,
                     graph: bool = True, info: dict | None = None,
                     counts: Sequence[int | None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (updated float32 (float64 for float64) weight, prune mask) for `weight` (rows, cols) given its input Hessian.
+    """Return (updated weight in float32, float64 for float64; prune mask) for `weight` (rows, cols) given its
+    input Hessian.
 
     `weight` may stack the rows of several linears that read the same input; `segments` gives their row counts
     (default: one linear), so each one's unstructured mask is chosen as if it were pruned alone.
