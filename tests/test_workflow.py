@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from wandapp.codeversion import stage_code_hash, stage_files
+from wandapp.evaluate.tasks import PAPER_TASKS
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -73,13 +74,46 @@ def test_configfile_replaces_default(tmp_path):
 
 
 def test_paper_config_dag():
+    """paper.yaml runs what the paper reports: Table 1 everywhere, Table 2 and LoRA on LLaMA-1 7B at 2:4 only."""
     r = dry_run("--configfile", "workflow/configs/paper.yaml", "-p")
     assert r.returncode == 0, r.stderr + r.stdout
     counts = job_counts(r.stdout)
+    config = yaml.safe_load((REPO / "workflow/configs/paper.yaml").read_text())
+    assert set(config["methods"]) == {"sparsegpt", "wanda", "gblm", "wanda++-ro", "wanda++-rgs", "wanda++"}
+    assert config["eval"]["tasks"]["names"] == list(PAPER_TASKS)
     assert counts["convert"] == 5 and counts["calibrate"] == 5
     assert counts["prune"] == 5 * 6 * 3
+    assert counts["eval_tasks"] == 1 + 4  # dense, Wanda, GBLM, Wanda++ RGS, Wanda++ (was 95 before subsets)
+    assert counts["lora"] == 2  # Wanda, Wanda++
+    assert counts["eval_ppl"] == 5 * (1 + 6 * 3) + 2  # every model, plus the two LoRA-tuned ones
     assert "--nsamples 128 --seqlen 2048" in r.stdout
     assert "huggyllama/llama-13b" in r.stdout
+    tasks_jobs = re.findall(r"wandapp tasks --model (\S+)", r.stdout)
+    assert sorted(tasks_jobs) == sorted(f"results/paper/models/llama-7b/{m}" for m in
+                                        ["base", "wanda/2-4", "gblm/2-4", "wanda++-rgs/2-4", "wanda++/2-4"])
+    assert "--tasks wic,mrpc,hellaswag,arc_easy,arc_challenge,winogrande,boolq,rte,mmlu" in r.stdout
+
+
+def test_stage_subsets(tmp_path):
+    cfg = write_config(tmp_path, "config.yaml", **{
+        "eval.ppl.sparsities": ["0.5"], "eval.tasks.methods": ["wanda"], "eval.tasks.lora": False,
+        "lora.enabled": True, "lora.methods": ["wanda", "wanda++"], "lora.sparsities": ["0.5"],
+    })
+    r = dry_run("--configfile", str(cfg))
+    assert r.returncode == 0, r.stderr + r.stdout
+    counts = job_counts(r.stdout)
+    methods = len(yaml.safe_load((REPO / "config.yaml").read_text())["methods"])
+    assert counts["prune"] == methods * 2  # every method at every sparsity: the cost table
+    assert counts["eval_ppl"] == 1 + methods + 2  # dense, every method at 50%, both LoRA models
+    assert counts["eval_tasks"] == 1 + 2  # dense, wanda at 2:4 and 50%, no LoRA model
+    assert counts["lora"] == 2
+
+
+def test_stage_subset_typo_fails(tmp_path):
+    cfg = write_config(tmp_path, "config.yaml", **{"eval.tasks.methods": ["wandaa"]})
+    r = dry_run("--configfile", str(cfg))
+    assert r.returncode != 0 and "Job stats" not in r.stdout
+    assert "tasks.methods names ['wandaa']" in r.stderr + r.stdout
 
 
 def test_lora_adds_variants(tmp_path):
