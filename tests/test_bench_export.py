@@ -11,10 +11,10 @@ from torch import nn
 
 from conftest import build_tiny_llama
 from wandapp.adapter import DecoderAdapter
-from wandapp.bench.sparse_linear import NEVER, SparseLinear, choose_kernel
-from wandapp.bench.sparsity import is_2of4, random_2of4_
+from wandapp.sparse24.sparse_linear import NEVER, SparseLinear, choose_kernel
+from wandapp.sparse24.sparsity import is_2of4, random_2of4_
 from wandapp.errors import WandappError
-from wandapp.export import compress_2of4, decompress_2of4, decompress_checkpoint, export_sparse24, pack_bits
+from wandapp.sparse24.export import compress_2of4, decompress_2of4, decompress_checkpoint, export_sparse24, pack_bits
 
 
 def _prune_2of4(model):
@@ -116,7 +116,7 @@ def test_bench_bad_input_fails_even_without_gpu(tmp_path, tiny_llama_dir, capsys
 
 
 def test_policy_from_sweep_records():
-    from wandapp.bench.runner import make_policy
+    from wandapp.sparse24.runner import make_policy
 
     recs = [dict(out_features=8, in_features=4, tokens=t, speedup=s)
             for t, s in ((1, 0.3), (512, 0.9), (2048, 1.3), (8192, 1.5))]
@@ -128,7 +128,7 @@ def test_policy_from_sweep_records():
 
 
 def test_fused_mlp_policy_goes_sparse_where_both_of_its_shapes_do():
-    from wandapp.bench.runner import DEFAULT_MLP_CHOICE, make_mlp_policy, mlp_dims
+    from wandapp.sparse24.runner import DEFAULT_MLP_CHOICE, make_mlp_policy, mlp_dims
 
     assert mlp_dims({"q_proj": (64, 64), "gate_proj": (176, 64), "down_proj": (64, 176)}) == (64, 176)
     assert mlp_dims({"q_proj": (64, 64)}) is None
@@ -140,7 +140,7 @@ def test_fused_mlp_policy_goes_sparse_where_both_of_its_shapes_do():
 
 
 def test_speedups_compare_eager_with_eager_and_compiled_with_compiled():
-    from wandapp.bench.runner import _speedups
+    from wandapp.sparse24.runner import _speedups
 
     rows = [dict(kernel=k, compiled=c, batch=1, prompt_len=2048, ms=ms)
             for k, c, ms in (("dense", False, 60.0), ("dense", True, 45.0), ("sparse", False, 50.0),
@@ -151,7 +151,7 @@ def test_speedups_compare_eager_with_eager_and_compiled_with_compiled():
 
 
 def test_cutlass_context_says_why_it_is_not_used_on_a_cpu():
-    from wandapp.bench.runner import cutlass_context
+    from wandapp.sparse24.runner import cutlass_context
 
     logged = []
     ctx, status = cutlass_context(torch.device("cpu"), torch.float16, "auto", logged.append)
@@ -162,7 +162,7 @@ def test_cutlass_context_says_why_it_is_not_used_on_a_cpu():
 
 
 def test_tune_mlp_takes_both_products_from_the_faster_library(monkeypatch):
-    from wandapp.bench import runner
+    from wandapp.sparse24 import runner
 
     cut = "cutlass/256x128x128_c1x1_coop/swizzle1/along_m"
     times = {  # (product, layout) -> ms: cuSPARSELt wins gate_up alone, CUTLASS wins the pair
@@ -183,7 +183,7 @@ def test_tune_mlp_takes_both_products_from_the_faster_library(monkeypatch):
 
 
 def test_crossover_needs_sparse_to_win_as_product_and_as_layer():
-    from wandapp.bench.linear_sweep import crossover_tokens
+    from wandapp.sparse24.linear_sweep import crossover_tokens
 
     recs = [dict(tokens=t, speedup=s, layer_speedup=l) for t, s, l in
             ((1, 0.96, 1.10), (16, 1.12, 1.12), (2048, 1.4, 1.3), (8192, 1.5, 1.01))]
@@ -193,7 +193,7 @@ def test_crossover_needs_sparse_to_win_as_product_and_as_layer():
 
 
 def test_interleaved_medians_alternate_the_fns_and_take_each_median(monkeypatch):
-    from wandapp.bench import timing
+    from wandapp.sparse24 import timing
 
     calls, times = [], {"a": iter([3.0, 1.0, 2.0]), "b": iter([5.0, 9.0, 4.0])}
 
@@ -209,8 +209,8 @@ def test_interleaved_medians_alternate_the_fns_and_take_each_median(monkeypatch)
 
 def _fake_graphs(monkeypatch, runner):
     """capture_prefill / replay / decode stand-ins: a graph is its (model kind, batch, length); dense 10 ms, sparse 8."""
-    from wandapp.bench import timing
-    from wandapp.bench.sparse_linear import SparseLinear
+    from wandapp.sparse24 import timing
+    from wandapp.sparse24.sparse_linear import SparseLinear
 
     replayed = []
 
@@ -232,8 +232,8 @@ def _fake_graphs(monkeypatch, runner):
 def test_end_to_end_times_each_case_dense_and_sparse_alternately(monkeypatch, compile_fails):
     from contextlib import contextmanager
 
-    from wandapp.bench import runner
-    from wandapp.bench.synthetic import prune_2of4_
+    from wandapp.sparse24 import runner
+    from wandapp.sparse24.synthetic import prune_2of4_
 
     replayed = _fake_graphs(monkeypatch, runner)
     if compile_fails:

@@ -1,6 +1,6 @@
 """H100 tables: dense vs 2:4 sparse on LLaMA-7B shapes (random 2:4 weights), per linear and end to end.
 
-    PYTHONPATH=. python benchmarks/sparse_speed.py --out DIR [--layers 32] [--dtype bfloat16] [--quick] [--self-check]
+    python -m benchmarks.kernels.sparse_speed --out DIR [--layers 32] [--dtype bfloat16] [--quick] [--self-check]
 
 Prints the tables last; writes DIR/sparse_speed.json (same schema as `wandapp bench`).
 """
@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from wandapp.bench.cusparselt import DEFAULT_LAYOUTS, parse_layouts
+from wandapp.sparse24.cusparselt import DEFAULT_LAYOUTS, parse_layouts
 
 
 def self_check(device) -> None:
     """Cached-plan cuSPARSELt against cuBLAS on random 2:4 weights; eager cost per call after the plan exists."""
-    from wandapp.bench.cusparselt import CusparseLt
-    from wandapp.bench.linear_sweep import make_operands, rel_error
-    from wandapp.bench.timing import median_ms_eager
+    from wandapp.sparse24.cusparselt import CusparseLt
+    from wandapp.sparse24.linear_sweep import make_operands, rel_error
+    from wandapp.sparse24.timing import median_ms_eager
 
     lt = CusparseLt(device)
     for shape, tokens in (((4096, 4096), 16), ((11008, 4096), 2048), ((4096, 11008), 333)):
@@ -63,9 +63,9 @@ def print_tables(result) -> None:
 
 
 def main() -> int:
-    from wandapp.bench.linear_sweep import LLAMA7B_SHAPES
-    from wandapp.bench.runner import run_bench
-    from wandapp.bench.synthetic import build_random_2of4_llama
+    from wandapp.sparse24.linear_sweep import LLAMA7B_SHAPES
+    from wandapp.sparse24.runner import run_bench
+    from wandapp.sparse24.synthetic import build_random_2of4_llama
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="results")

@@ -4,7 +4,7 @@
 moves one block at a time to the GPU (the default `wandapp prune` mode). Prints one JSON line per method.
 A method may carry settings as in quality.py: METHOD[@SPARSITY[@key=value,...]].
 
-    python benchmarks/prune_time_7b.py --methods wanda wanda++ sparsegpt 'wanda++@2:4@loop_norms=ro' --output t.jsonl
+    python -m benchmarks.pruning.prune_time_7b --methods wanda wanda++ sparsegpt 'wanda++@2:4@loop_norms=ro' --output t.jsonl
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-from quality import parse_run
+from benchmarks.pruning.quality import parse_run
 from wandapp.codeversion import stage_code_hash
 from wandapp.masks import SparsityPattern
 from wandapp.methods import build_method

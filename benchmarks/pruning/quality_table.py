@@ -1,6 +1,6 @@
-"""Markdown tables from benchmarks/quality.py results: methods x sparsities (test ppl), and the Wanda++ sweep.
+"""Markdown tables from benchmarks/pruning/quality.py results: methods x sparsities (test ppl), and the Wanda++ sweep.
 
-    python benchmarks/quality_table.py benchmarks/results/h100_smollm2_quality.jsonl [LATER.jsonl ...]
+    python -m benchmarks.pruning.quality_table benchmarks/results/h100_smollm2_quality.jsonl [LATER.jsonl ...]
 
 With several files, a later file's row replaces an earlier one for the same cell, and cells and sweep rows from
 the second file on are marked with that file's number (e.g. a newer version of the code measured them).

@@ -81,7 +81,7 @@ TORCH_LAYOUT = Layout()  # torch._cslt_sparse_mm's: W @ x^T into (out, tokens)
 
 
 # The three fastest of the 32 layouts on the H100 for a LLaMA-7B MLP shape at 2048 and 8192 tokens
-# (benchmarks/cslt_layouts.py). All write (out, tokens): every layout writing (tokens, out) ran 1.5-3x slower.
+# (benchmarks/kernels/cslt_layouts.py). All write (out, tokens): every layout writing (tokens, out) ran 1.5-3x slower.
 DEFAULT_LAYOUTS = "sparseA+y_t,sparseB+y_t,sparseA+y_t+col"
 
 

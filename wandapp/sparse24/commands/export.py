@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_folder_output, rewrite_model
+from ...commands.common import add_folder_output, rewrite_model
 
 
 def register(sub) -> None:

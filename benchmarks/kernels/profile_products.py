@@ -2,7 +2,7 @@
 
     ncu --clock-control none --profile-from-start off --section SpeedOfLight --section MemoryWorkloadAnalysis \
         --section ComputeWorkloadAnalysis --section WarpStateStats --csv --page details \
-        python benchmarks/profile_products.py --shape 22016,4096 --tokens 8192 > profile.csv
+        python -m benchmarks.kernels.profile_products --shape 22016,4096 --tokens 8192 > profile.csv
 
 Random 2:4 float16 weights, LLaMA-7B shapes; each product runs three times unprofiled, then once between
 cudaProfilerStart and Stop, so ncu sees exactly one launch of each, in this order: cuBLAS (F.linear), the
@@ -17,9 +17,9 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from wandapp.bench import cslt_ops, cutlass_ops
-from wandapp.bench.cusparselt import Layout, stored_input
-from wandapp.bench.linear_sweep import make_operands, rel_error
+from wandapp.sparse24 import cslt_ops, cutlass_ops
+from wandapp.sparse24.cusparselt import Layout, stored_input
+from wandapp.sparse24.linear_sweep import make_operands, rel_error
 
 
 def main() -> None:

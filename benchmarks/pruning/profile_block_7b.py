@@ -3,7 +3,7 @@
 Times each phase of a method with CUDA synchronisation (capture, statistics passes, regional gradient, RO rounds,
 output pass) over a few blocks, then profiles one more block (32 samples) with torch.profiler and prints the top CUDA kernels.
 
-    python benchmarks/profile_block_7b.py --methods wanda wanda++ --layers 3 --output $OUT/profile.txt
+    python -m benchmarks.pruning.profile_block_7b --methods wanda wanda++ --layers 3 --output $OUT/profile.txt
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from prune_time_7b import random_llama
-from quality import parse_run
+from benchmarks.pruning.prune_time_7b import random_llama
+from benchmarks.pruning.quality import parse_run
 from wandapp.masks import SparsityPattern
 from wandapp.methods import build_method
 from wandapp import walker

@@ -5,9 +5,9 @@ Every step is one `wandapp` command run as a subprocess, so this measures exactl
 WORK/metrics/<model>/{tasks,lora,ppl_wikitext2}.json; a step whose JSON exists is skipped, so a stopped run resumes.
 Stages: prune (dense copy + the three 2:4 models), tasks, lora (+ ppl and tasks of the LoRA models), table.
 
-    python benchmarks/eval_tasks_lora.py --base smollm2 --data-dir DATA --work W --stages prune,tasks
-    python benchmarks/eval_tasks_lora.py --base smollm2 --data-dir DATA --work W --stages prune,lora
-    python benchmarks/eval_tasks_lora.py --work W --stages table      # also over folders gathered from both runs
+    python -m benchmarks.pruning.eval_tasks_lora --base smollm2 --data-dir DATA --work W --stages prune,tasks
+    python -m benchmarks.pruning.eval_tasks_lora --base smollm2 --data-dir DATA --work W --stages prune,lora
+    python -m benchmarks.pruning.eval_tasks_lora --work W --stages table      # also over folders gathered from both runs
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Markdown tables of Nsight Compute CSV reports of `benchmarks/profile_products.py`.
+"""Markdown tables of Nsight Compute CSV reports of `benchmarks/kernels/profile_products.py`.
 
-    python benchmarks/ncu_table.py benchmarks/results/h100_ncu/gateup_8192_v1.csv [--labels cublas,CUTLASS,...]
-    python benchmarks/ncu_table.py benchmarks/results/h100_ncu/*_tuned.csv
+    python -m benchmarks.kernels.ncu_table benchmarks/results/h100_ncu/gateup_8192_v1.csv [--labels cublas,CUTLASS,...]
+    python -m benchmarks.kernels.ncu_table benchmarks/results/h100_ncu/*_tuned.csv
 
 A `--page details` report gives one row per profiled kernel with its duration, SM clock, and the throughputs
 (% of peak) of the SMs, L1/TEX (shared memory included), L2 and DRAM, with the L2 hit rate. A `--page raw`

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Gzip the seven zero-shot task files that lm-eval evaluates (0-shot) from a data mirror into DEST/tasks/, about
 # 4 MB in all, for carrying to a GPU machine (`wandapp tasks` reads NAME or NAME.gz). DEST must be git-ignored.
-#   benchmarks/pack_task_data.sh ../shared/data .carry/tasks-data      then pass --data-dir .carry/tasks-data
+#   benchmarks/pruning/pack_task_data.sh ../shared/data .carry/tasks-data      then pass --data-dir .carry/tasks-data
 set -euo pipefail
 src=${1:?usage: pack_task_data.sh MIRROR DEST}
 dest=${2:?usage: pack_task_data.sh MIRROR DEST}

@@ -1,8 +1,8 @@
 """CUTLASS sm90 2:4 GEMMs against cuBLAS on LLaMA-7B shapes: every kernel choice, then the MLP's products.
 
-    PYTHONPATH=. python benchmarks/cutlass_sparse.py --out DIR [--tokens 512,2048,8192]
+    python -m benchmarks.kernels.cutlass_sparse --out DIR [--tokens 512,2048,8192]
 
-Random 2:4 fp16 weights; CUDA-graph replay medians (wandapp.bench.timing), the MLP's dense and sparse timings
+Random 2:4 fp16 weights; CUDA-graph replay medians (wandapp.sparse24.timing), the MLP's dense and sparse timings
 alternated (mlp_sweep.MlpCase, as `wandapp bench` times them). Writes DIR/cutlass_sparse.json and
 prints the tables last. Set WANDAPP_CUTLASS_SPARSE to a prebuilt library, or let it build (nvcc + CUTLASS).
 """
@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from wandapp.bench.cutlass_sparse import Choice, CutlassSparse
-from wandapp.bench.linear_sweep import make_operands, tune_algorithms
-from wandapp.bench.mlp_sweep import MlpCase, random_gated_mlp
-from wandapp.bench.timing import median_ms_graph
+from wandapp.sparse24.cutlass_sparse import Choice, CutlassSparse
+from wandapp.sparse24.linear_sweep import make_operands, tune_algorithms
+from wandapp.sparse24.mlp_sweep import MlpCase, random_gated_mlp
+from wandapp.sparse24.timing import median_ms_graph
 
 SHAPES = {"gate+up fused": (22016, 4096), "gate/up": (11008, 4096), "down": (4096, 11008),
           "qkv fused": (12288, 4096), "q/k/v/o": (4096, 4096)}
@@ -75,7 +75,7 @@ def bursts(fns: dict, device, duty: float, burst_ms: float = 20.0, seconds: floa
     cap allows for short work. {name: median ms per call over the bursts, and the SM clock read after each}."""
     import statistics
 
-    from wandapp.bench.timing import capture_graph
+    from wandapp.sparse24.timing import capture_graph
 
     pynvml, handle = nvml_handle(device)
     graphs = {name: capture_graph(fn, device, calls=10) for name, fn in fns.items()}
@@ -111,7 +111,7 @@ def sustained(fn, device, seconds: float) -> dict:
     import statistics
     import threading
 
-    from wandapp.bench.timing import capture_graph
+    from wandapp.sparse24.timing import capture_graph
 
     pynvml, handle = nvml_handle(device)
     graph = capture_graph(fn, device, calls=10)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .adapter import DecoderAdapter
-from .errors import WandappError
+from ..adapter import DecoderAdapter
+from ..errors import WandappError
 
 FORMAT = "sparse-24-bitmask"
 COMPRESSED_TENSORS_VERSION = "0.13.0"  # the format version the pinned vLLM environment loads (envs/vllm.yaml)

@@ -2,7 +2,7 @@
 
 NOT VERIFIED: needs envs/vllm.yaml (vLLM <= 0.18.x, the last with 2:4 support) on a Hopper GPU; no such
 environment existed where this was written. Usage:
-    python benchmarks/vllm_24.py --model pruned-24 [--dense-model pruned-dense] [--prompt-len 2048]
+    python -m benchmarks.kernels.vllm_24 --model pruned-24 [--dense-model pruned-dense] [--prompt-len 2048]
 """
 
 from __future__ import annotations

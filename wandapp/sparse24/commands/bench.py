@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 
-from ..errors import WandappError
-from ..io import write_json
+from ...errors import WandappError
+from ...io import write_json
+from .. import INSTALL, missing
 
 log = logging.getLogger("wandapp.bench")
 
@@ -55,12 +57,20 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _check_extra(args) -> None:
+    """--cutlass on builds the kernels from nvidia-cutlass's headers unless a library or a checkout is named."""
+    if args.cutlass == "on" and not (os.environ.get("WANDAPP_CUTLASS_SPARSE") or os.environ.get("CUTLASS_PATH")):
+        if missing():
+            raise WandappError(f"--cutlass on needs {', '.join(missing())}: {INSTALL}")
+
+
 def run(args) -> None:
+    _check_extra(args)
     import torch
 
-    from ..bench.cusparselt import DEFAULT_LAYOUTS, parse_layouts
-    from ..bench.runner import model_shapes, run_bench, skipped_result
-    from ..models import load_model, parse_dtype, resolve_model
+    from ..cusparselt import DEFAULT_LAYOUTS, parse_layouts
+    from ..runner import model_shapes, run_bench, skipped_result
+    from ...models import load_model, parse_dtype, resolve_model
 
     try:
         layouts = parse_layouts(args.layouts or DEFAULT_LAYOUTS)
@@ -81,7 +91,7 @@ def run(args) -> None:
         return
     model, _ = load_model(source, dtype=dtype, device=device)
     if args.llama7b_shapes:
-        from ..bench.linear_sweep import LLAMA7B_SHAPES as shapes
+        from ..linear_sweep import LLAMA7B_SHAPES as shapes
     else:
         shapes = model_shapes(model)
     result = run_bench(model, shapes, device, dtype=dtype, tokens=_ints(args.tokens),

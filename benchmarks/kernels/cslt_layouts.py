@@ -3,12 +3,12 @@
 cuSPARSELt picks its kernel from how the product is described: which operand is the 2:4 matrix (A or B),
 which tensors lie transposed in memory, row- or column-major descriptions of the same bytes, and an
 algorithm id. torch uses one of these (sparse A, output (out, tokens)); this script times all 32 layouts
-(`wandapp.bench.cusparselt.Layout`), then every algorithm id of the best few; `mlp` times a
+(`wandapp.sparse24.cusparselt.Layout`), then every algorithm id of the best few; `mlp` times a
 whole MLP run per linear (SparseLinear) against one run in the transposed (features, tokens) layout
 (SparseGatedMLP).
 Every product is checked against F.linear; every time is a CUDA-graph replay median, dense F.linear beside it.
 
-    PYTHONPATH=. python benchmarks/cslt_layouts.py --out DIR [--sections layouts,algs,mlp] [--top 3]
+    python -m benchmarks.kernels.cslt_layouts --out DIR [--sections layouts,algs,mlp] [--top 3]
 
 Writes DIR/cslt_layouts.json after each section and prints short tables.
 """
@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from wandapp.bench.cusparselt import CusparseLt, Layout
-from wandapp.bench.linear_sweep import LLAMA7B_SHAPES, make_operands, rel_error, tune_algorithms
-from wandapp.bench.mlp_sweep import GatedMLP
-from wandapp.bench.sparse_linear import SparseLinear
-from wandapp.bench.sparse_mlp import SparseGatedMLP
-from wandapp.bench.timing import median_ms_graph
+from wandapp.sparse24.cusparselt import CusparseLt, Layout
+from wandapp.sparse24.linear_sweep import LLAMA7B_SHAPES, make_operands, rel_error, tune_algorithms
+from wandapp.sparse24.mlp_sweep import GatedMLP
+from wandapp.sparse24.sparse_linear import SparseLinear
+from wandapp.sparse24.sparse_mlp import SparseGatedMLP
+from wandapp.sparse24.timing import median_ms_graph
 
 SHAPES = {**LLAMA7B_SHAPES, "qkv_fused": (12288, 4096), "gate_up_fused": (22016, 4096)}
 

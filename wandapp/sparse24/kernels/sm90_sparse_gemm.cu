@@ -4,11 +4,11 @@
 // the 2:4 weight (row-major, K contiguous), B = x^T (column-major: x as it comes) and D column-major: y as torch
 // wants it, so no transpose runs on either side. C is void (beta = 0, nothing read).
 //
-// Exposed through a C ABI for ctypes (wandapp/bench/cutlass_sparse.py): size queries, the compressor (CUTLASS's
+// Exposed through a C ABI for ctypes (wandapp/sparse24/cutlass_sparse.py): size queries, the compressor (CUTLASS's
 // own, on the GPU) and one GEMM entry point per config. A config's K tile fixes the compressed layout (its
 // "family"): a weight is compressed once per family, whatever config of it wins.
 //
-// Built by wandapp.bench.cutlass_sparse.build_library with nvcc -gencode arch=compute_90a,code=sm_90a. One
+// Built by wandapp.sparse24.cutlass_sparse.build_library with nvcc -gencode arch=compute_90a,code=sm_90a. One
 // config per translation unit (-DWANDAPP_CONFIG=i) keeps the build parallel; -DWANDAPP_COMMON builds the rest.
 
 #include <cstdint>

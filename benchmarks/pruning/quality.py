@@ -4,7 +4,7 @@ Each run is METHOD@SPARSITY[@key=value,key=value], e.g. `wanda++@2:4@ro_lr=3e-5,
 unpruned model. The model is loaded once; every run starts from its dense weights. Results go to --output as
 JSON lines (one per run, appended as they finish) and a Markdown table is printed at the end.
 
-    python benchmarks/quality.py --model smollm2 --data-dir DATA --runs dense wanda@2:4 wanda++@2:4 --output q.jsonl
+    python -m benchmarks.pruning.quality --model smollm2 --data-dir DATA --runs dense wanda@2:4 wanda++@2:4 --output q.jsonl
 """
 
 from __future__ import annotations

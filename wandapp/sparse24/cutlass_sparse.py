@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import WandappError
+from . import INSTALL
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def cutlass_include_dirs() -> list[Path]:
         try:
             import cutlass_library
         except ImportError:
-            raise WandappError("CUTLASS headers not found: pip install nvidia-cutlass, or set CUTLASS_PATH to a "
+            raise WandappError(f"CUTLASS headers not found: {INSTALL} (nvidia-cutlass), or set CUTLASS_PATH to a "
                                "CUTLASS checkout") from None
         root = os.path.join(os.path.dirname(cutlass_library.__file__), "source")
     dirs = [Path(root) / "include", Path(root) / "tools" / "util" / "include"]

@@ -1,6 +1,6 @@
 """Where does cuSPARSELt time go on this GPU? Layouts, dtypes, algorithm ids, split-k, fused shapes, eager vs graph.
 
-Run on the GPU machine: python benchmarks/cslt_explore.py --out DIR. Prints short tables; writes explore.json.
+Run on the GPU machine: python -m benchmarks.kernels.cslt_explore --out DIR. Prints short tables; writes explore.json.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from wandapp.bench.linear_sweep import LLAMA7B_SHAPES, make_operands, rel_error, sparse_call, time_shape
-from wandapp.bench.timing import median_ms_graph
+from wandapp.sparse24.linear_sweep import LLAMA7B_SHAPES, make_operands, rel_error, sparse_call, time_shape
+from wandapp.sparse24.timing import median_ms_graph
 
 
 def table(records, keys):
@@ -88,9 +88,9 @@ def alg_split_sweep(device):
 
 
 def small_e2e(device):
-    from wandapp.bench.end_to_end import (decode_tokens_per_s, logits_rel_error, prefill_ms, random_ids,
+    from wandapp.sparse24.end_to_end import (decode_tokens_per_s, logits_rel_error, prefill_ms, random_ids,
                                           restore_dense_linears, swap_in_sparse_linears)
-    from wandapp.bench.synthetic import build_random_2of4_llama
+    from wandapp.sparse24.synthetic import build_random_2of4_llama
 
     model = build_random_2of4_llama(device, torch.float16, num_layers=4)
     ids = random_ids(model, 1, 1024, device, seed=1)
