@@ -196,7 +196,7 @@ def metric_files():
 
 
 def report_figures():
-    names = ["ppl", "ppl_relative", "prune_cost"]
+    names = ["ppl", "ppl_relative", "prune_cost", "improvement"]
     if config["eval"]["tasks"]["enabled"]:
         names.append("accuracy")
     if config["bench"]["enabled"]:
