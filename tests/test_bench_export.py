@@ -12,8 +12,9 @@ from torch import nn
 from conftest import build_tiny_llama
 from wandapp.adapter import DecoderAdapter
 from wandapp.sparse24.sparse_linear import NEVER, SparseLinear, choose_kernel
-from wandapp.sparse24.sparsity import is_2of4, random_2of4_
+from wandapp.sparse24.sparsity import random_2of4_
 from wandapp.errors import WandappError
+from wandapp.masks import follows_nm
 from wandapp.sparse24.export import compress_2of4, decompress_2of4, decompress_checkpoint, export_sparse24, pack_bits
 
 
@@ -27,7 +28,7 @@ def _prune_2of4(model):
 
 def test_random_2of4_has_two_positive_zeros_per_group():
     w = random_2of4_(torch.empty(8, 32))
-    assert is_2of4(w)
+    assert follows_nm(w, 2, 4)
     assert ((w == 0).reshape(8, 8, 4).sum(-1) == 2).all()
     assert not torch.signbit(w[w == 0]).any()
 
@@ -89,6 +90,29 @@ def test_export_refuses_weights_that_are_not_2of4(tmp_path):
         model.model.layers[1].mlp.down_proj.weight.fill_(0.5)
     with pytest.raises(WandappError, match="layers.1.mlp.down_proj"):
         export_sparse24(model, None, tmp_path)
+
+
+def test_export_bench_and_lora_share_one_2of4_check(tmp_path):
+    """-0.0 counts as a zero and one group of 3 non-zeros breaks 2:4, alike for export, the bench's swap and
+    LoRA's report: all three ask masks.follows_nm."""
+    from wandapp import lora
+    from wandapp.sparse24 import end_to_end
+
+    model = _prune_2of4(build_tiny_llama())
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight[0, 4:8] = torch.tensor([-0.0, 0.0, 1.0, 2.0])  # still 2:4
+    assert lora.nm_patterns(model)["2:4"]
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight[0, :4] = torch.tensor([1.0, 2.0, 3.0, 0.0])  # 3 of 4
+    q = model.model.layers[0].self_attn.q_proj
+    assert not follows_nm(q.weight, 2, 4) and not lora.nm_patterns(model)["2:4"]
+    with pytest.raises(WandappError, match="layers.0.self_attn.q_proj"):
+        export_sparse24(model, None, tmp_path)
+    with pytest.raises(WandappError, match="not 2:4"):
+        SparseLinear(q)
+    report = end_to_end.swap_in_sparse_linears(model, lambda out, inp: (1, 0, 1, None), reference=True)
+    assert report["layers.0.self_attn.q_proj"] == "dense (not 2:4)"
+    assert sum(v.startswith("sparse") for v in report.values()) == len(report) - 1
 
 
 def test_bench_without_gpu_records_skipped(tmp_path, tiny_llama_dir):
@@ -190,6 +214,46 @@ def test_crossover_needs_sparse_to_win_as_product_and_as_layer():
     assert crossover_tokens(recs) is None  # the copy makes the layer lose at 8192
     recs[-1]["layer_speedup"] = 1.4
     assert crossover_tokens(recs) == 16  # 1 token: the bare product loses, whatever the layer timing says
+
+
+def test_every_timer_reads_one_event_pair_around_the_calls(monkeypatch):
+    """event_ms brackets `repeat` calls with two events and waits for the second; the eager and replay medians are
+    built on it (a fake clock that the timed fn advances stands in for the GPU's)."""
+    from wandapp.sparse24 import timing
+
+    clock, log = [0.0], []
+
+    class FakeEvent:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            self.t = clock[0]
+            log.append("record")
+
+        def synchronize(self):
+            log.append("sync")
+
+        def elapsed_time(self, end):
+            return end.t - self.t
+
+    def work(ms):
+        def fn():
+            clock[0] += ms
+            log.append("call")
+        return fn
+
+    monkeypatch.setattr(timing.torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(timing.torch.cuda, "synchronize", lambda device=None: None)
+    assert timing.event_ms(work(2.0), repeat=3) == 6.0
+    assert log == ["record", "call", "call", "call", "record", "sync"]
+    steps = iter([1.0, 5.0, 2.0, 9.0, 3.0])
+    assert timing.median_ms_eager(lambda: work(next(steps, 0.0))(), "cpu", warmup=0, iters=5) == 3.0
+
+    class Graph:
+        replay = staticmethod(work(4.0))
+
+    assert timing.replay_median_ms(Graph, "cpu", iters=3, calls=4, warmup=1) == 1.0
 
 
 def test_interleaved_medians_alternate_the_fns_and_take_each_median(monkeypatch):

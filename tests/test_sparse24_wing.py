@@ -71,3 +71,25 @@ def test_the_kernel_source_ships_with_the_wing():
     assert "sparse24/kernels/*.cu" in data["tool"]["setuptools"]["package-data"]["wandapp"]
     assert list((PACKAGE / "sparse24" / "kernels").glob("*.cu"))
     assert "sparse24" in data["project"]["optional-dependencies"]
+
+
+def _loaded_modules(code: str) -> set[str]:
+    """Every module `python -X importtime -c code` imports, in a fresh interpreter running this checkout."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE.parent), os.environ.get("PYTHONPATH")])))
+    r = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, env=env,
+                       cwd=PACKAGE.parent, check=True)
+    rows = [line.split("|") for line in r.stderr.splitlines() if line.startswith("import time:")]
+    return {row[2].strip() for row in rows[1:] if len(row) == 3}  # the first row is the header
+
+
+def test_the_walker_loads_neither_the_wing_nor_pandas_nor_lm_eval():
+    loaded = _loaded_modules("import wandapp.walker, wandapp.methods")
+    assert {"wandapp.walker", "wandapp.adapter", "torch"} <= loaded  # the probe sees imports at all
+    assert not {m for m in loaded if m.split(".")[0] in ("pandas", "lm_eval") or m.startswith("wandapp.sparse24")}
+    # the other core modules (report excepted: it is pandas' user) stay clear of the wing as well
+    core = _loaded_modules("import " + ", ".join(f"wandapp.{m}" for m in CORE if m not in ("report", "commands")))
+    assert not {m for m in core if m.startswith("wandapp.sparse24")}

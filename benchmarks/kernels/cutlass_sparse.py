@@ -75,30 +75,18 @@ def bursts(fns: dict, device, duty: float, burst_ms: float = 20.0, seconds: floa
     cap allows for short work. {name: median ms per call over the bursts, and the SM clock read after each}."""
     import statistics
 
-    from wandapp.sparse24.timing import capture_graph
+    from wandapp.sparse24.timing import capture_graph, event_ms
 
     pynvml, handle = nvml_handle(device)
     graphs = {name: capture_graph(fn, device, calls=10) for name, fn in fns.items()}
-    per_burst = {}
-    for name, graph in graphs.items():  # replays per burst, from one timed replay
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        per_burst[name] = max(1, round(burst_ms / start.elapsed_time(end)))
+    # replays per burst, from one timed replay
+    per_burst = {name: max(1, round(burst_ms / event_ms(graph.replay))) for name, graph in graphs.items()}
     times, clocks = {name: [] for name in graphs}, {name: [] for name in graphs}
     t_end = time.perf_counter() + seconds
     while time.perf_counter() < t_end:
         for name, graph in graphs.items():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(per_burst[name]):
-                graph.replay()
-            end.record()
-            end.synchronize()
+            ms = event_ms(graph.replay, per_burst[name])
             clocks[name].append(pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM))
-            ms = start.elapsed_time(end)
             times[name].append(ms / (per_burst[name] * 10))
             time.sleep(ms / 1000 * (1 - duty) / duty)
     return {name: dict(ms_per_call=statistics.median(times[name]), bursts=len(times[name]), duty=duty,
@@ -111,7 +99,7 @@ def sustained(fn, device, seconds: float) -> dict:
     import statistics
     import threading
 
-    from wandapp.sparse24.timing import capture_graph
+    from wandapp.sparse24.timing import capture_graph, event_ms
 
     pynvml, handle = nvml_handle(device)
     graph = capture_graph(fn, device, calls=10)
@@ -129,21 +117,22 @@ def sustained(fn, device, seconds: float) -> dict:
             time.sleep(0.02)
 
     thread = threading.Thread(target=sample)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     replays, t0 = 0, time.perf_counter()
+
+    def replay_for_seconds():
+        nonlocal replays
+        while time.perf_counter() - t0 < seconds:
+            graph.replay()
+            replays += 1
+            if replays % 20 == 0:  # keep the host within a few replays of the GPU
+                torch.cuda.synchronize(device)
+
     thread.start()
-    start.record()
-    while time.perf_counter() - t0 < seconds:
-        graph.replay()
-        replays += 1
-        if replays % 20 == 0:
-            torch.cuda.synchronize(device)
-    end.record()
-    end.synchronize()
+    ms = event_ms(replay_for_seconds)
     done.set()
     thread.join()
     late = samples[len(samples) // 2:] or samples  # the second half: clocks settled
-    return dict(ms_per_call=start.elapsed_time(end) / (replays * 10), seconds=seconds,
+    return dict(ms_per_call=ms / (replays * 10), seconds=seconds,
                 sm_mhz=statistics.median(c for c, _ in late), power_w=statistics.median(p for _, p in late),
                 power_limit_w=pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000,
                 max_sm_mhz=pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM),

@@ -5,7 +5,7 @@
 
 A `--page details` report gives one row per profiled kernel with its duration, SM clock, and the throughputs
 (% of peak) of the SMs, L1/TEX (shared memory included), L2 and DRAM, with the L2 hit rate. A `--page raw`
-report of the shared-memory metrics (the `--metrics` list in docs/speed.md) gives the elapsed SM cycles, the
+report of the shared-memory metrics (RAW_METRICS below; `--print-metrics` prints them for ncu) gives the elapsed SM cycles, the
 tensor pipe's busy share, the shared-memory wavefronts (all, and those of `wgmma` operand reads), the shared
 pipe's load and the `wgmma` bank conflicts. Rows are labelled by the products profile_products.py printed, in
 launch order, unless --labels says otherwise; ncu's preamble lines are skipped.

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from ..adapter import DecoderAdapter
+from ..masks import follows_nm
 from .sparse_linear import SparseLinear
 from .sparse_mlp import SparseGatedMLP, is_gated_mlp
-from .sparsity import is_2of4
-from .timing import capture_graph, median_ms_eager, replay_median_ms
+from .timing import capture_graph, event_ms, median_ms_eager, replay_median_ms
 
 
 def swap_in_sparse_linears(model: nn.Module, policy, mlp_policy=None, reference: bool = False) -> dict[str, str]:
@@ -33,7 +33,7 @@ def swap_in_sparse_linears(model: nn.Module, policy, mlp_policy=None, reference:
     for name, linear in adapter.all_linears().items():
         if name in report:
             continue
-        if not is_2of4(linear.weight):
+        if not follows_nm(linear.weight, 2, 4):
             report[name] = "dense (not 2:4)"
             continue
         min_tokens, alg_id, split_k, layout = policy(linear.out_features, linear.in_features)
@@ -163,13 +163,7 @@ def decode_tokens_per_s(model, batch: int, prompt_len: int, steps: int, device) 
 
     graph = capture_graph(step, device)  # its warm-up runs 3 steps; the cache has room for them
     position.fill_(prompt_len + 3)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(steps):
-        graph.replay()
-    end.record()
-    end.synchronize()
-    return batch * steps / (start.elapsed_time(end) / 1000)
+    return batch * steps / (event_ms(graph.replay, steps) / 1000)
 
 
 @torch.inference_mode()

@@ -16,6 +16,7 @@ import torch
 
 from ..adapter import DecoderAdapter
 from ..errors import WandappError
+from ..masks import follows_nm
 
 FORMAT = "sparse-24-bitmask"
 COMPRESSED_TENSORS_VERSION = "0.13.0"  # the format version the pinned vLLM environment loads (envs/vllm.yaml)
@@ -26,10 +27,9 @@ def keep_mask_2of4(weight: torch.Tensor) -> torch.Tensor:
     rows, cols = weight.shape
     if cols % 4:
         raise WandappError(f"{cols} input features is not a multiple of 4")
-    groups = weight.reshape(rows, cols // 4, 4)
-    nonzero = groups != 0
-    if int(nonzero.sum(-1).max()) > 2:
+    if not follows_nm(weight, 2, 4):
         raise WandappError("weight is not 2:4 sparse")
+    nonzero = weight.reshape(rows, cols // 4, 4) != 0
     # Rank positions: nonzeros first, then by index; keep the first two.
     order = (~nonzero).to(torch.int8) * 4 + torch.arange(4, dtype=torch.int8)
     keep_idx = order.argsort(-1)[..., :2].sort(-1).values
@@ -85,7 +85,7 @@ def export_sparse24(model, tokenizer, folder) -> dict:
 
     adapter = DecoderAdapter.from_model(model)
     prefix = _module_prefix(model, adapter)
-    bad = [n for n, lin in adapter.all_linears().items() if not _is_exactly_2of4(lin.weight)]
+    bad = [n for n, lin in adapter.all_linears().items() if not follows_nm(lin.weight.detach(), 2, 4)]
     if bad:
         raise WandappError(f"{len(bad)} linear(s) are not 2:4 sparse (first: {bad[0]}); prune with 2:4 first")
     targets = [prefix + n for n in adapter.all_linears()]
@@ -125,14 +125,6 @@ def decompress_checkpoint(folder) -> dict[str, torch.Tensor]:
         if not name.endswith((".compressed", ".bitmask", ".shape")):
             out[name] = value
     return out
-
-
-def _is_exactly_2of4(weight: torch.Tensor) -> bool:
-    try:
-        keep_mask_2of4(weight.detach().cpu())
-        return True
-    except WandappError:
-        return False
 
 
 def _module_prefix(model, adapter) -> str:

@@ -13,9 +13,9 @@ from torch import nn
 from . import cslt_ops, cutlass_ops  # (they register torch.ops.wandapp.cslt_mm and cutlass_mm)
 from .cusparselt import TORCH_LAYOUT, Layout, stored_input, token_output
 from .cutlass_sparse import available as cutlass_available, is_cutlass
-from .sparsity import is_2of4
 from .transpose import contiguous
 from ..errors import WandappError
+from ..masks import follows_nm
 
 NEVER = 1 << 62  # a threshold no call reaches: always dense
 
@@ -71,7 +71,7 @@ class SparseLinear(nn.Module):
                  layout: str | None = None, reference: bool = False):
         super().__init__()
         weight = linear.weight.detach()
-        if not is_2of4(weight):
+        if not follows_nm(weight, 2, 4):
             raise WandappError(f"weight of shape {tuple(weight.shape)} is not 2:4 sparse; prune it with --nm 2:4 first")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = nn.Parameter(weight, requires_grad=False)  # dense kernel and reference

@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..masks import follows_nm
 from .cusparselt import Layout, stored_input, token_output
 from .cutlass_sparse import is_cutlass
 from .sparse_linear import NEVER, compress_for, kernel_available, token_major
-from .sparsity import is_2of4
 
 GATE_UP_LAYOUT = "sparseA+y_t"  # defaults; the tuner picks per machine (on the H100 the y_t layouts ran within 2%)
 DOWN_LAYOUT = "sparseA+x_t+y_t"
@@ -26,7 +26,7 @@ def is_gated_mlp(mlp: nn.Module) -> bool:
     """Three bias-free 2:4 linears and an activation, as HF's Llama-family MLPs hold them."""
     linears = [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
     return (callable(getattr(mlp, "act_fn", None)) and all(isinstance(lin, nn.Linear) for lin in linears)
-            and all(lin.bias is None and is_2of4(lin.weight) for lin in linears))
+            and all(lin.bias is None and follows_nm(lin.weight, 2, 4) for lin in linears))
 
 
 def gate_up_layouts(layouts: list[Layout]) -> list[Layout]:

@@ -1,15 +1,10 @@
-"""Random 2:4 weights for timing; the 2:4 check and mask are the pruning core's (wandapp.masks)."""
+"""Random 2:4 weights for timing; the 2:4 mask is the pruning core's, and so is the check (masks.follows_nm)."""
 
 from __future__ import annotations
 
 import torch
 
-from ..masks import apply_mask, follows_nm, nm_mask
-
-
-def is_2of4(weight: torch.Tensor) -> bool:
-    """True when every group of 4 consecutive inputs of each row holds at most 2 non-zeros."""
-    return follows_nm(weight, 2, 4)
+from ..masks import apply_mask, nm_mask
 
 
 def random_2of4_(weight: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

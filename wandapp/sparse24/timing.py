@@ -8,20 +8,24 @@ from typing import Callable
 import torch
 
 
+def event_ms(fn: Callable[[], object], repeat: int = 1) -> float:
+    """Milliseconds of `repeat` back-to-back calls of fn on the current stream, between two CUDA events; waits for
+    the second. Every GPU timer here and in benchmarks/kernels/ is built on this one loop."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeat):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
 def median_ms_eager(fn: Callable[[], object], device, warmup: int = 5, iters: int = 20) -> float:
     """Median of per-call times, each call launched from Python (includes host overhead)."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize(device)
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return statistics.median(event_ms(fn) for _ in range(iters))
 
 
 def capture_graph(fn: Callable[[], object], device, calls: int = 1) -> torch.cuda.CUDAGraph:
@@ -46,15 +50,7 @@ def replay_median_ms(graph: torch.cuda.CUDAGraph, device, iters: int, calls: int
     for _ in range(warmup):
         graph.replay()
     torch.cuda.synchronize(device)
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-    return statistics.median(times)
+    return statistics.median(event_ms(graph.replay) / calls for _ in range(iters))
 
 
 def median_ms_graph(fn: Callable[[], object], device, calls: int = 10, iters: int = 15) -> float:
