@@ -94,6 +94,26 @@ def test_paper_config_dag():
     assert "--tasks wic,mrpc,hellaswag,arc_easy,arc_challenge,winogrande,boolq,rte,mmlu" in r.stdout
 
 
+def test_gpu_config_dag():
+    """gpu.yaml: SmolLM2 at the paper's protocol, every method x 3 sparsities, nine tasks at 2:4, LoRA x 2."""
+    r = dry_run("--configfile", "workflow/configs/gpu.yaml", "--cores", "16", "--resources", "gpu=1", "-p")
+    assert r.returncode == 0, r.stderr + r.stdout
+    counts = job_counts(r.stdout)
+    config = yaml.safe_load((REPO / "workflow/configs/gpu.yaml").read_text())
+    assert set(config["methods"]) == {"magnitude", "wanda", "sparsegpt", "gblm", "wanda++", "wanda++-rgs", "wanda++-ro"}
+    assert config["device"] == "cuda" and config["eval"]["tasks"]["names"] == list(PAPER_TASKS)
+    methods = len(config["methods"])
+    assert counts["convert"] == 1 and counts["calibrate"] == 1
+    assert counts["prune"] == methods * 3
+    assert counts["eval_ppl"] == 1 + methods * 3 + 2  # dense, every pruned model, the two LoRA-tuned ones
+    assert counts["eval_tasks"] == 1 + methods  # dense and every method at 2:4
+    assert counts["lora"] == 2 and "bench" not in counts
+    assert "--nsamples 128 --seqlen 2048" in r.stdout and "--device cuda" in r.stdout
+    assert "--max-windows" not in r.stdout and "--limit" not in r.stdout  # whole split, whole tasks
+    assert re.search(r"wandapp lora --model \S+/wanda\+\+/2-4 ", r.stdout)
+    assert config["resources"]["prune"]["gpu"] > 1 and config["resources"]["eval_tasks"]["gpu"] == 1
+
+
 def test_stage_subsets(tmp_path):
     cfg = write_config(tmp_path, "config.yaml", **{
         "eval.ppl.sparsities": ["0.5"], "eval.tasks.methods": ["wanda"], "eval.tasks.lora": False,
