@@ -22,7 +22,8 @@
 # call; `start` unpacks it before the workflow starts (the converted base model is rebuilt and dated back, so the
 # finished jobs stay finished; a pending LoRA job whose temp pruned model is gone re-prunes it).
 # Knobs (environment): WRUN, CONFIG (a path in the repo, default workflow/configs/gpu.yaml), CORES (16),
-# GPU_SLOTS (4: see gpu.yaml's resources), SMK_CONFIG (extra `--config` key=value pairs), PYTHON (python3).
+# GPU_SLOTS (4: see gpu.yaml's resources), SMK_CONFIG (extra `--config` items as shell words, e.g.
+# SMK_CONFIG="'eval={tasks: {methods: [wanda, gblm, wanda++-rgs, wanda++]}}'"), PYTHON (python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -155,7 +156,7 @@ restore() {  # on a fresh machine: unpack the carried results, rebuild the base 
     tar -xzf "$WRUN/incoming/wrun-results.tar.gz" -C "$WORK"
     rm -rf "$WORK/.snakemake/locks"
     echo "restored $(find "$WORK" -name '*.json' | wc -l) result files; rebuilding the converted models"
-    $(snakemake_cmd) --until convert >"$WRUN/restore.log" 2>&1 || { tail -20 "$WRUN/restore.log"; die "convert failed"; }
+    bash -c "$(snakemake_cmd) --until convert" >"$WRUN/restore.log" 2>&1 || { tail -20 "$WRUN/restore.log"; die "convert failed"; }
     # Older than every restored result: the finished jobs downstream stay finished.
     find "$WORK" -path '*/models/*/base*' -exec touch -h -d @1 {} +
 }
@@ -188,7 +189,7 @@ progress() {
         echo "workflow finished, exit $(cat "$WRUN/snakemake.rc")"
         tail -3 "$log"
         echo "second invocation (dry run):"
-        $(snakemake_cmd) -n 2>&1 | grep -E 'Nothing to be done|Job stats|^total|^[a-z_]+ +[0-9]+$' | head -15 || true
+        bash -c "$(snakemake_cmd) -n" 2>&1 | grep -E 'Nothing to be done|Job stats|^total|^[a-z_]+ +[0-9]+$' | head -15 || true
     fi
 }
 
