@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class ModelSource:
     kind: str
     path: str
     gguf_file: str | None = None
+    allow_pickle: bool = False  # load pickled *.bin weights (with torch's weights_only loader)
 
     @property
     def name(self) -> str:
@@ -65,7 +67,23 @@ def embedded_gguf(name: str) -> Path:
     return path
 
 
-def resolve_model(spec: str) -> ModelSource:
+PICKLE_GLOBS = ("pytorch_model*.bin", "*.bin.index.json", "*.pt", "*.pth", "*.ckpt")
+
+
+def check_weights(path: Path, allow_pickle: bool) -> None:
+    """Safetensors only: a folder holding only pickled weights is refused unless the user opts in."""
+    if any(path.glob("*.safetensors")) or any(path.glob("*.safetensors.index.json")):
+        return
+    pickled = sorted(p.name for g in PICKLE_GLOBS for p in path.glob(g))
+    if not pickled:
+        raise WandappError(f"{path} holds no model weights (*.safetensors)")
+    if not allow_pickle:
+        raise WandappError(
+            f"{path} holds only pickled weights ({pickled[0]}), which can run code when loaded; convert it once "
+            f"with `wandapp convert --model {path} --allow-pickle --output NEW_FOLDER` (safetensors)")
+
+
+def resolve_model(spec: str, allow_pickle: bool = False) -> ModelSource:
     """Map a user's model argument to a source without loading anything."""
     if spec.lower() in EMBEDDED:
         path = embedded_gguf(spec)
@@ -78,10 +96,29 @@ def resolve_model(spec: str) -> ModelSource:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise WandappError(f"{path} is not a save_pretrained folder (no config.json)")
-        return ModelSource("folder", str(path))
-    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        check_weights(path, allow_pickle)
+        return ModelSource("folder", str(path), allow_pickle=allow_pickle)
+    if not looks_like_hub_id(spec):
         raise WandappError(f"model not found: {spec} (expected a hub id, a folder, a .gguf file or 'smollm2')")
-    return ModelSource("hub", spec)
+    return ModelSource("hub", spec, allow_pickle=allow_pickle)
+
+
+def looks_like_hub_id(spec: str) -> bool:
+    """NAME or OWNER/NAME that is not a path on this machine."""
+    return not Path(spec).expanduser().exists() and bool(re.fullmatch(r"[\w.-]+(/[\w.-]+)?", spec)) \
+        and not spec.startswith(".") and ".." not in spec
+
+
+def vocab_size(src: ModelSource) -> int | None:
+    """The model's vocabulary size from its config alone (no weights read); None where the config won't say."""
+    from transformers import AutoConfig
+
+    extra = {"gguf_file": src.gguf_file} if src.gguf_file else {}
+    try:
+        config = AutoConfig.from_pretrained(src.path, **extra)
+        return int(config.get_text_config().vocab_size)
+    except Exception:  # noqa: BLE001 - the load that follows reports a broken config in full
+        return None
 
 
 def _gguf_kwargs() -> dict:
@@ -113,6 +150,8 @@ def load_model(spec: str | ModelSource, dtype: str | torch.dtype = "float32", de
     kwargs: dict = {"dtype": torch_dtype}
     if src.gguf_file:
         kwargs.update(gguf_file=src.gguf_file, **_gguf_kwargs())
+    else:  # pickled weights only on request, and then through torch's weights_only unpickler
+        kwargs.update(use_safetensors=None if src.allow_pickle else True, weights_only=True)
     try:
         model = AutoModelForCausalLM.from_pretrained(src.path, **kwargs)
     except Exception as e:  # noqa: BLE001
@@ -128,6 +167,10 @@ def load_model(spec: str | ModelSource, dtype: str | torch.dtype = "float32", de
 def save_model(model, tokenizer, folder: str | os.PathLike) -> None:
     """Write a folder that `AutoModelForCausalLM.from_pretrained` loads (safetensors, tokenizer included)."""
     model.config.use_cache = True
+    # auto_map points loaders at custom code of the source repo: an output must not ask anyone to run it.
+    if hasattr(model.config, "auto_map"):
+        del model.config.auto_map
+    tokenizer.init_kwargs.pop("auto_map", None)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
 
