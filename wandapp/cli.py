@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
@@ -12,7 +13,7 @@ from .commands import optional_commands
 from .errors import WandappError
 
 # Each module defines register(subparsers) and sets `func` on its parser. Order is the order in --help.
-COMMANDS = ["convert", "calibrate", "prune", "ppl", "tasks", "lora", "report"]
+COMMANDS = ["convert", "calibrate", "prune", "ppl", "tasks", "lora", "report", "gpu_slot"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _job_log(command: str):
+    """Start/end lines in the job's log (runinfo.job_log); gpu-slot logs its own and stays free of torch's import."""
+    if command == "gpu-slot":
+        return contextlib.nullcontext()
+    from .runinfo import job_log
+
+    return job_log(command)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -43,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s"
     )
     try:
-        args.func(args)
+        with _job_log(args.command):
+            args.func(args)
     except WandappError as e:
         print(f"wandapp {args.command}: error: {e}", file=sys.stderr)
         return 2

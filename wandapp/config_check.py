@@ -12,6 +12,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from .errors import WandappError
+from .model_source import EMBEDDED, resolve_model
+from .pattern import SparsityPattern
 
 
 class ConfigError(WandappError):
@@ -48,8 +50,6 @@ def schema_error(config: dict, schema: dict) -> str | None:
 
 def sparsity_label(text) -> str:
     """One label per sparsity: '0.5', '.5' and '0.50' -> '0.5'; 'N:M' as given. Raises ValueError."""
-    from .masks import SparsityPattern
-
     text = str(text).strip()
     pattern = SparsityPattern.parse(text)  # WandappError for N >= M, a zero, a ratio outside [0, 1)
     if pattern.is_nm:
@@ -98,7 +98,6 @@ def _check_stage_subsets(config: dict) -> None:
 
 def check_config(config: dict, schema: dict, methods: list[str], cwd: str | os.PathLike = ".") -> None:
     """Raise ConfigError (one line) for the first bad value; normalise sparsity labels in place."""
-    from .models import EMBEDDED, resolve_model
 
     if (line := schema_error(config, schema)) is not None:
         raise ConfigError(line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import sys
@@ -57,10 +58,37 @@ def peak_cpu_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def where_it_ran() -> dict:
+    """CUDA_VISIBLE_DEVICES as this process got it and torch.cuda.current_device() (None when CUDA never started),
+    so a job's log and results show which GPU it used (one per job: `wandapp gpu-slot`)."""
+    initialized = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "cuda_current_device": torch.cuda.current_device() if initialized else None}
+
+
+@contextmanager
+def job_log(command: str):
+    """One line on stderr (the job's log) when a command starts and when it ends: UTC times, GPU, exit."""
+    from .gpuslots import utc_now
+
+    print(f"wandapp {command}: start {utc_now()} host {platform.node()} pid {os.getpid()} "
+          f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}", file=sys.stderr, flush=True)
+    status = "failed"
+    try:
+        yield
+        status = "ok"
+    finally:
+        gpu = where_it_ran()["cuda_current_device"]
+        print(f"wandapp {command}: end {utc_now()} {status}"
+              + (f" torch.cuda.current_device()={gpu}" if gpu is not None else ""), file=sys.stderr, flush=True)
+
+
 @contextmanager
 def measured(device: torch.device):
     """Yield a dict that receives wall time and peak GPU/CPU memory of the enclosed work."""
-    info: dict = {}
+    from .gpuslots import utc_now
+
+    info: dict = {"started_at": utc_now()}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -73,3 +101,4 @@ def measured(device: torch.device):
         info["peak_gpu_mem_bytes"] = None
     info["wall_time_s"] = round(time.perf_counter() - start, 3)
     info["peak_cpu_rss_bytes"] = peak_cpu_rss_bytes()
+    info.update(ended_at=utc_now(), **where_it_ran())

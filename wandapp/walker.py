@@ -118,8 +118,12 @@ class BlockContext:
         return self.inputs.shape[0]
 
     def batches(self, samples: Sequence[int] | None = None, size: int | None = None) -> Iterator[torch.Tensor]:
-        idx = list(range(self.nsamples)) if samples is None else list(samples)
         size = size or self.micro_batch
+        if samples is None:  # slices: indexing a GPU tensor with a Python list syncs with the GPU every batch
+            for s in range(0, self.nsamples, size):
+                yield self.inputs[s : s + size].to(self.device, non_blocking=True)
+            return
+        idx = torch.as_tensor(list(samples), dtype=torch.long).to(self.inputs.device)  # one transfer
         for s in range(0, len(idx), size):
             yield self.inputs[idx[s : s + size]].to(self.device, non_blocking=True)
 
@@ -227,29 +231,58 @@ def walk_blocks(
     store: torch.device | None = None,
     micro_batch: int = 4,
     desc: str = "blocks",
+    weights: BlockWeights | None = None,
 ) -> torch.Tensor:
     """Capture block-0 inputs for `input_ids`, call `visit` on each block, propagate its outputs; return the last.
 
     offload: move each block back to the CPU after use (models larger than the accelerator prune on it).
     store: where calibration hidden states live (default: the compute device).
+    weights: where each block's weights come from and go to (default: the model's memory, see ResidentWeights).
     """
     adapter = DecoderAdapter.from_model(model)
     store = torch.device(store) if store is not None else device
     hidden, kwargs = capture_block_inputs(model, adapter, input_ids, device, store)
-    shuttle = BlockShuttle(device)
+    weights = weights or ResidentWeights(device, offload)
     for i, block in enumerate(tqdm(adapter.blocks, desc=desc, unit="block")):
-        home = module_device(block)
-        shuttled = offload and home is not None and home.type == "cpu" and shuttle.pinned
-        shuttle.to_device(block) if shuttled else block.to(device)
+        weights.fetch(i, block)
         ctx = BlockContext(i, block, adapter.linears(block), hidden, kwargs, device, micro_batch)
         visit(ctx)
         hidden = ctx.next_inputs if ctx.next_inputs is not None else ctx.outputs()
-        if offload:
-            shuttle.home(block) if shuttled else block.to(home)
+        weights.release(i, block)
     return hidden
 
 
-def prune_model(model, input_ids, method: PruningMethod, device, offload=True, store=None, micro_batch=4) -> list[dict]:
+class BlockWeights(Protocol):
+    """Where the walker gets a block's weights before visiting it, and where they go after: the model's own
+    memory (ResidentWeights) or safetensors shards read and written block by block (stream.StreamedWeights)."""
+
+    def fetch(self, i: int, block: nn.Module) -> None: ...
+
+    def release(self, i: int, block: nn.Module) -> None: ...
+
+
+class ResidentWeights:
+    """The block lives in the model's memory: moved to the device for its visit (and back, with offload)."""
+
+    def __init__(self, device: torch.device, offload: bool = True):
+        self.device, self.offload = device, offload
+        self.shuttle = BlockShuttle(device)
+        self.homes: dict[int, tuple] = {}
+
+    def fetch(self, i: int, block: nn.Module) -> None:
+        home = module_device(block)
+        shuttled = self.offload and home is not None and home.type == "cpu" and self.shuttle.pinned
+        self.shuttle.to_device(block) if shuttled else block.to(self.device)
+        self.homes[i] = (home, shuttled)
+
+    def release(self, i: int, block: nn.Module) -> None:
+        home, shuttled = self.homes.pop(i)
+        if self.offload:
+            self.shuttle.home(block) if shuttled else block.to(home)
+
+
+def prune_model(model, input_ids, method: PruningMethod, device, offload=True, store=None, micro_batch=4,
+                weights: BlockWeights | None = None) -> list[dict]:
     """Prune every block of `model` in place with `method`; return each block's log."""
     logs: list[dict] = []
 
@@ -257,5 +290,6 @@ def prune_model(model, input_ids, method: PruningMethod, device, offload=True, s
         method.prune_block(ctx)
         logs.append(ctx.log)
 
-    walk_blocks(model, input_ids, visit, device, offload, store, micro_batch, desc=f"pruning ({method.name})")
+    walk_blocks(model, input_ids, visit, device, offload, store, micro_batch, desc=f"pruning ({method.name})",
+                weights=weights)
     return logs

@@ -8,12 +8,13 @@ back: RESULTS/metrics/{model}/{method}/{variant}/KIND.json, where variant is Spa
 from __future__ import annotations
 
 from .codeversion import stage_code_hash
+from .config_check import ConfigError, check_config
 from .pattern import SparsityPattern
 
 DENSE = "dense"
 LORA_SUFFIX = "+lora"
 
-__all__ = ["DENSE", "LORA_SUFFIX", "SparsityPattern", "stage_code_hash", "path_label", "pattern_of"]
+__all__ = ["DENSE", "LORA_SUFFIX", "ConfigError", "SparsityPattern", "check_config", "stage_code_hash", "path_label", "pattern_of"]
 
 
 def path_label(sparsity: str) -> str:

@@ -14,6 +14,7 @@ import json
 
 import torch
 
+from benchmarks.pruning.runs import parse_run  # noqa: F401 (also imported from here)
 from wandapp.codeversion import stage_code_hash
 from wandapp.data import calibration_windows, data_root, eval_tokens
 from wandapp.evaluate.ppl import perplexity
@@ -23,25 +24,6 @@ from wandapp.models import load_model
 from wandapp.prune_report import sparsity_summary
 from wandapp.runinfo import measured
 from wandapp.walker import prune_model
-
-
-def parse_run(text: str) -> tuple[str, str | None, dict, str]:
-    parts = text.split("@")
-    method, sparsity = parts[0], (parts[1] if len(parts) > 1 else None)
-    hyper, preset = {}, "paper"
-    for kv in (parts[2].split(",") if len(parts) > 2 and parts[2] else []):
-        key, value = kv.split("=")
-        if key == "preset":
-            preset = value
-            continue
-        for cast in (int, float):
-            try:
-                value = cast(value)
-                break
-            except ValueError:
-                pass
-        hyper[key] = value
-    return method, sparsity, hyper, preset
 
 
 def best_run(path: str) -> dict:

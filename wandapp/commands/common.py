@@ -3,6 +3,8 @@ command runs on them before any work (model loading included)."""
 
 from __future__ import annotations
 
+import argparse
+
 from ..errors import WandappError
 
 
@@ -40,6 +42,25 @@ def device_and_dtype(args):
 def _overwrite_option(p) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace --output even if it is a file or a folder that wandapp did not write")
+
+
+def add_stream_option(p, command: str) -> None:
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"{command} block by block from the model's safetensors shards, never holding the whole model "
+                        "in CPU memory (default: on when the weights would not fit in the memory available now)")
+
+
+def use_stream(args, dtype: str) -> bool:
+    """--stream / --no-stream as given, else on when the model folder would not fit in CPU memory."""
+    if args.stream is not None:
+        return args.stream
+    from ..models import parse_dtype
+    from ..stream import should_stream
+
+    if should_stream(args.model, parse_dtype(dtype)):
+        print(f"{args.model}: larger than the CPU memory available; streaming it block by block (--no-stream: off)")
+        return True
+    return False
 
 
 def add_folder_output(p) -> None:

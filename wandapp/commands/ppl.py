@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .common import (add_data_option, add_file_output, add_model_options, check_model, check_output, device_and_dtype,
-                     require_at_least)
+from .common import (add_data_option, add_file_output, add_model_options, add_stream_option, check_model, check_output,
+                     device_and_dtype, require_at_least, use_stream)
 
 
 def register(sub) -> None:
@@ -22,6 +22,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default 1)")
     p.add_argument("--offload", action="store_true",
                    help="run block by block with one block on the device (models larger than the accelerator)")
+    add_stream_option(p, "evaluate")
     add_data_option(p)
     add_file_output(p, "results JSON")
     p.set_defaults(func=run)
@@ -38,11 +39,24 @@ def run(args) -> None:
     require_at_least(args, seqlen=2, batch_size=1, max_windows=1)
     device, dtype = device_and_dtype(args)
     root = data_root(args.data_dir)  # fail on a bad folder before loading the model
-    model, tokenizer = load_model(check_model(args), dtype, "cpu")
+    source = check_model(args)
+    weights, stream = None, use_stream(args, dtype)
+    if stream:  # the skeleton holds embeddings, norm and head; each block is read when the walk reaches it
+        from ..models import load_tokenizer, parse_dtype
+        from ..stream import StreamedModel
+
+        streamed = StreamedModel(source, parse_dtype(dtype))
+        model, tokenizer, weights = streamed.model, load_tokenizer(source), streamed.weights(device)
+    else:
+        model, tokenizer = load_model(source, dtype, "cpu")
     tokens, label = eval_tokens(args.dataset, tokenizer, root, args.split)
     with measured(device) as info:
-        result = perplexity(model, tokens, args.seqlen, device, args.max_windows, args.batch_size, args.offload)
+        result = perplexity(model, tokens, args.seqlen, device, args.max_windows, args.batch_size, args.offload,
+                            weights=weights)
     out = {"model": args.model, "dataset": args.dataset, "split": args.split if args.dataset == "wikitext2" else None,
            "text": label, "dtype": dtype, "device": str(device), **result, **info, "versions": versions()}
+    if stream:
+        weights.close()
+        out["stream"] = True
     write_json(args.output, out)
     print(f"{args.dataset} ppl {result['ppl']:.4f} ({result['windows']} windows of {args.seqlen})")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .calibrate import add_calibration_options
-from .common import add_folder_output, add_model_options, device_and_dtype
+from .common import add_folder_output, add_model_options, add_stream_option, device_and_dtype, use_stream
 
 
 def register(sub) -> None:
@@ -35,6 +35,7 @@ def register(sub) -> None:
     p.add_argument("--activations-on-cpu", action="store_true",
                    help="keep calibration hidden states in CPU memory instead of on the device")
     p.add_argument("--micro-batch", type=int, default=4, help="samples per forward pass (default 4)")
+    add_stream_option(p, "prune")
     add_folder_output(p)
     p.set_defaults(func=run)
 
@@ -48,7 +49,7 @@ def run(args) -> None:
     from ..methods import build_method, hyperparameter_table
     from ..models import load_model, save_model
     from ..prune_report import sparsity_summary
-    from ..runinfo import measured, versions
+    from ..runinfo import measured
     from ..walker import prune_model
     from .calibrate import calibration_ids, check_calibration_options
     from .common import check_model, check_output
@@ -64,6 +65,8 @@ def run(args) -> None:
     check_calibration_options(args, source)
 
     torch.manual_seed(args.seed)
+    if use_stream(args, dtype):
+        return run_streamed(args, source, method, pattern, device, dtype)
     model, tokenizer = load_model(source, dtype, "cpu")
     ids, calib = calibration_ids(args, tokenizer, model.get_input_embeddings().num_embeddings)
     if args.keep_on_device:
@@ -72,7 +75,46 @@ def run(args) -> None:
         logs = prune_model(model, ids, method, device, offload=not args.keep_on_device,
                            store="cpu" if args.activations_on_cpu else None, micro_batch=args.micro_batch)
     model.to("cpu")
-    report = {
+    report = prune_report(args, method, pattern, calib, dtype, device, sparsity_summary(model, pattern), info, logs)
+    with atomic_dir(args.output, overwrite=args.overwrite) as tmp:
+        save_model(model, tokenizer, tmp)
+        write_json(tmp / "prune_report.json", report)
+    _done(method, pattern, report, info, args.output)
+
+
+def run_streamed(args, source, method, pattern, device, dtype) -> None:
+    """`prune --stream`: blocks are read from the source shards and written to the output's shards one by one."""
+    from ..errors import WandappError
+    from ..io import atomic_dir, write_json
+    from ..models import load_tokenizer, parse_dtype
+    from ..prune_report import SparsityTally
+    from ..runinfo import measured
+    from ..stream import StreamedModel
+    from ..walker import prune_model
+    from .calibrate import calibration_ids
+
+    if args.keep_on_device:
+        raise WandappError("--keep-on-device and --stream exclude each other")
+    streamed = StreamedModel(source, parse_dtype(dtype))
+    tokenizer = load_tokenizer(source)
+    ids, calib = calibration_ids(args, tokenizer, streamed.model.get_input_embeddings().num_embeddings)
+    tally = SparsityTally(pattern)
+    with atomic_dir(args.output, overwrite=args.overwrite) as tmp:
+        with measured(device) as info:
+            weights = streamed.weights(device, tmp, on_done=tally.add_block)
+            logs = prune_model(streamed.model, ids, method, device, store="cpu" if args.activations_on_cpu else None,
+                               micro_batch=args.micro_batch, weights=weights)
+        streamed.finish(tmp)
+        tokenizer.save_pretrained(tmp)
+        report = prune_report(args, method, pattern, calib, dtype, device, tally.summary(), info, logs)
+        write_json(tmp / "prune_report.json", {**report, "stream": True})
+    _done(method, pattern, report, info, args.output)
+
+
+def prune_report(args, method, pattern, calib, dtype, device, summary, info, logs) -> dict:
+    from ..runinfo import versions
+
+    return {
         "model": args.model,
         "method": method.name,
         "sparsity": pattern.label,
@@ -83,13 +125,13 @@ def run(args) -> None:
         "calibration": calib,
         "dtype": dtype,
         "device": str(device),
-        **sparsity_summary(model, pattern),
+        **summary,
         **info,
         "block_logs": logs,
         "versions": versions(),
     }
-    with atomic_dir(args.output, overwrite=args.overwrite) as tmp:
-        save_model(model, tokenizer, tmp)
-        write_json(tmp / "prune_report.json", report)
+
+
+def _done(method, pattern, report, info, output) -> None:
     print(f"{method.name} {pattern.label}: sparsity {report['sparsity_overall']:.4f} in {info['wall_time_s']:.1f} s "
-          f"-> {args.output}")
+          f"-> {output}")

@@ -33,14 +33,15 @@ def window_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def perplexity(model, tokens: torch.Tensor, seqlen: int, device: torch.device, max_windows: int | None = None,
-               batch_size: int = 1, layerwise: bool = False) -> dict:
-    """layerwise: run block by block with only one block on `device` (models larger than the accelerator)."""
+               batch_size: int = 1, layerwise: bool = False, weights=None) -> dict:
+    """layerwise: run block by block with only one block on `device` (models larger than the accelerator).
+    weights: the walker's weight strategy for a layerwise run (stream.StreamedWeights: blocks read from disk)."""
     ids = windows(tokens, seqlen, max_windows)
     nlls = []
-    if layerwise:
+    if layerwise or weights is not None:
         adapter = DecoderAdapter.from_model(model)
         hidden = walk_blocks(model, ids, lambda ctx: None, device, offload=True, micro_batch=batch_size,
-                             desc="perplexity")
+                             desc="perplexity", weights=weights)
         with on_device([adapter.norm, adapter.lm_head], device):
             for s in range(0, ids.shape[0], batch_size):
                 h = adapter.norm(hidden[s : s + batch_size].to(device))

@@ -10,6 +10,7 @@ With a mirror every task must be in it (no silent mix with the hub); without one
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,26 +178,63 @@ def _quote(path) -> str:
     return '"' + str(path).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# Where lm-eval keeps each local task's YAML (checked, and found by a text scan if a release moves one).
+PACKAGED_YAML = {
+    "boolq": "super_glue/boolq/default.yaml",
+    "rte": "glue/rte/default.yaml",
+    "hellaswag": "hellaswag/hellaswag.yaml",
+    "winogrande": "winogrande/default.yaml",
+    "arc_easy": "arc/arc_easy.yaml",
+    "arc_challenge": "arc/arc_challenge.yaml",
+    "openbookqa": "openbookqa/openbookqa.yaml",
+    "piqa": "piqa/piqa.yaml",
+    "wic": "super_glue/wic/default.yaml",
+    "mrpc": "glue/mrpc/default.yaml",
+    **{f"{MMLU}_{s}": f"mmlu/default/mmlu_{s}.yaml" for s in MMLU_SUBJECTS},
+}
+
+
+def packaged_task_yaml(task: str) -> Path | None:
+    """The packaged YAML that defines `task`, without a TaskManager: indexing lm-eval's ~14,000 task YAMLs took
+    most of a quick `wandapp tasks` job's start-up (about 8 s of parsing on a 2-core machine, twice)."""
+    import lm_eval.tasks
+
+    tasks_dir = Path(lm_eval.tasks.__file__).parent
+    # `task: x` or, as in lm-eval's generated MMLU configs, `"task": "x"`
+    defines = re.compile(rf"^['\"]?task['\"]?:\s*['\"]?{re.escape(task)}['\"]?\s*$", re.M)
+    known = tasks_dir / PACKAGED_YAML.get(task, "-")
+    candidates = [known] if known.is_file() else []
+    for path in [*candidates, *sorted(tasks_dir.rglob("*.yaml"))]:
+        try:
+            if defines.search(path.read_text(errors="replace")):
+                return path
+        except OSError:
+            continue
+    return None
+
+
 def build_task_manager(tasks: list[str], root: Path | None, work_dir: Path):
     """A TaskManager that knows the local copies, and the lm-eval task (or group) name for each requested task."""
     from lm_eval.tasks import TaskManager
 
-    if root is None:
+    if root is None:  # lm-eval's own registry: the full index is needed anyway
         packaged = TaskManager()
         _check_known(tasks, packaged)
         return packaged, {t: t for t in tasks}
     check_tasks(tasks, root)
-    # The packaged YAMLs are only read for their paths: index lm-eval's own task folder, not a hub or extra path.
-    packaged = TaskManager()
     config_dir, cache_dir = work_dir / "task_configs", work_dir / "datasets_cache"
     config_dir.mkdir(parents=True, exist_ok=True)
+    packaged = None
     for task in tasks:
         for name in lm_eval_tasks(task):
-            yaml_path = packaged.task_index[name].yaml_path
+            yaml_path = packaged_task_yaml(name)
+            if yaml_path is None:  # moved beyond a text scan's reach: ask the (slow) full index once
+                packaged = packaged or TaskManager()
+                yaml_path = packaged.task_index[name].yaml_path
             (config_dir / f"{name}.yaml").write_text(local_task_yaml(name, str(yaml_path), root, cache_dir))
         if task == MMLU:
             (config_dir / f"_{MMLU}_group.yaml").write_text(local_mmlu_group_yaml())
-    # Indexing lm-eval's thousands of packaged tasks again takes seconds: every task here is a local copy.
+    # Every task here is a local copy: skip indexing lm-eval's thousands of packaged tasks.
     return TaskManager(include_path=str(config_dir), include_defaults=False), {t: LOCAL_PREFIX + t for t in tasks}
 
 

@@ -200,17 +200,17 @@ class WandaPlusPlus(Method):
         del opt
 
     def _rmsprop_round(self, ctx, work, opt, samples, targets) -> float:
-        total, b = 0.0, self.ro_batch
+        # The loss sum stays on the device (float64, summed in the order the host did): no sync per step.
+        total, b = torch.zeros((), dtype=torch.float64, device=ctx.device), self.ro_batch
         with torch.enable_grad():
             for _ in range(self.ro_epochs):
-                for s in range(0, len(samples), b):
-                    x = ctx.inputs[samples[s : s + b]].to(ctx.device)
+                for s, x in zip(range(0, len(samples), b), ctx.batches(samples, size=b)):
                     loss = (ctx.run(x, work).float() - targets[s : s + b]).square().sum()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    total += loss.item()
-        return total / (len(samples) * self.ro_epochs)
+                    total += loss.detach().double()
+        return float(total) / (len(samples) * self.ro_epochs)
 
     @torch.no_grad()
     def _error(self, ctx, work, samples, targets) -> float:

@@ -12,10 +12,12 @@ rule bench:
         code=code_version("bench"),
     log:
         f"{RESULTS}/logs/bench/{{model}}/{{method}}/{{sparsity}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/bench/{{model}}/{{method}}/{{sparsity}}.tsv"
     threads: threads_of("bench")
     resources:
         **resources_of("bench"),
     conda:
         "../../envs/core.yaml"
     shell:
-        "wandapp bench --model {input.model:q} {params.extra} --output {output:q} > {log:q} 2>&1"
+        "gpu_slot wandapp bench --model {input.model:q} {params.extra} --output {output:q} > {log:q} 2>&1"

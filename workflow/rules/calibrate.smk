@@ -17,6 +17,8 @@ rule calibrate:
         code=code_version("calibrate"),
     log:
         f"{RESULTS}/logs/calibrate/{{model}}/{{dataset}}-n{{nsamples}}-l{{seqlen}}-s{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/calibrate/{{model}}/{{dataset}}-n{{nsamples}}-l{{seqlen}}-s{{seed}}.tsv"
     threads: threads_of("calibrate")
     resources:
         **resources_of("calibrate"),

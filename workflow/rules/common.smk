@@ -16,9 +16,9 @@ from pathlib import Path
 import yaml
 from snakemake.utils import validate
 
-# The light wandapp modules the workflow imports (no torch, no pandas), so parsing stays fast.
-from wandapp.config_check import ConfigError, check_config
-from wandapp.workflow import DENSE, LORA_SUFFIX, SparsityPattern, path_label, pattern_of, stage_code_hash
+# The one wandapp module the workflow imports: light (no torch, no pandas), so parsing stays fast.
+from wandapp.workflow import (DENSE, LORA_SUFFIX, ConfigError, SparsityPattern, check_config, path_label,
+                              pattern_of, stage_code_hash)
 
 # One line naming the bad key (Snakemake's validate prints the whole schema on a typo), then the checks a schema
 # cannot make (method labels, N:M values, model sources, data_dir); sparsity labels are normalised ('.5' -> '0.5').
@@ -43,11 +43,21 @@ def wandapp_command():
     return shlex.quote(str(beside) if beside.is_file() else (shutil.which("wandapp") or "wandapp"))
 
 
+def gpu_slot_function():
+    """The bash function `gpu_slot CMD` that GPU rules put before their command. With `gpus: N` (N > 0),
+    `wandapp gpu-slot` gives each concurrent job its own GPU of this host (a lock file per id under
+    RESULTS/.gpu-slots; CUDA_VISIBLE_DEVICES set for the job); with 0, and always under SLURM, CMD runs as is."""
+    if config["gpus"]:
+        slots = shlex.quote(f"{config['results_dir']}/.gpu-slots")
+        return f'gpu_slot() {{{{ wandapp gpu-slot --gpus {config["gpus"]} --dir {slots} -- "$@"; }}}}; '
+    return 'gpu_slot() {{ "$@"; }}; '
+
+
 # Rules call plain `wandapp`: the shell prefix defines it as a bash function running wandapp_command(). The
 # command holds this machine's interpreter path, so it stays out of params, where a moved checkout or another
 # venv would make every job rerun.
 # (Snakemake formats the prefix like a shell command, so its braces are doubled once more.)
-shell.prefix(f'set -euo pipefail; wandapp() {{{{ {wandapp_command()} "$@"; }}}}; ')
+shell.prefix(f'set -euo pipefail; wandapp() {{{{ {wandapp_command()} "$@"; }}}}; {gpu_slot_function()}')
 
 RESULTS = config["results_dir"]
 REPORTS = config["reports_dir"]

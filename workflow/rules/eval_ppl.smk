@@ -16,12 +16,14 @@ rule eval_ppl:
         code=code_version("ppl"),
     log:
         f"{RESULTS}/logs/eval_ppl/{{model}}/{{method}}/{{variant}}/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval_ppl/{{model}}/{{method}}/{{variant}}/{{dataset}}.tsv"
     threads: threads_of("eval_ppl")
     resources:
         **resources_of("eval_ppl"),
     conda:
         "../../envs/core.yaml"
     shell:
-        "wandapp ppl --model {input.model:q} --dataset {wildcards.dataset:q} --split {params.split:q}"
+        "gpu_slot wandapp ppl --model {input.model:q} --dataset {wildcards.dataset:q} --split {params.split:q}"
         " --seqlen {params.seqlen:q} {params.max_windows:q} --device {params.device:q} --dtype {params.dtype:q}"
         " {params.data_dir:q} --output {output:q} > {log:q} 2>&1"

@@ -16,12 +16,14 @@ rule eval_tasks:
         code=code_version("tasks"),
     log:
         f"{RESULTS}/logs/eval_tasks/{{model}}/{{method}}/{{variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval_tasks/{{model}}/{{method}}/{{variant}}.tsv"
     threads: threads_of("eval_tasks")
     resources:
         **resources_of("eval_tasks"),
     conda:
         "../../envs/core.yaml"
     shell:
-        "wandapp tasks --model {input.model:q} --tasks {params.tasks:q} {params.limit:q}"
+        "gpu_slot wandapp tasks --model {input.model:q} --tasks {params.tasks:q} {params.limit:q}"
         " --batch-size {params.batch_size:q} --device {params.device:q} --dtype {params.dtype:q} {params.data_dir:q}"
         " --output {output:q} > {log:q} 2>&1"

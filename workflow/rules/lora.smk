@@ -26,6 +26,6 @@ rule lora:
     conda:
         "../../envs/core.yaml"
     shell:
-        "(wandapp lora --model {input.model:q} --steps {params.steps:q} --seqlen {params.seqlen:q}"
+        "(gpu_slot wandapp lora --model {input.model:q} --steps {params.steps:q} --seqlen {params.seqlen:q}"
         " --device {params.device:q} --dtype {params.dtype:q} {params.data_dir:q} {params.extra}"
         " --output {output.model:q} && cp {output.model:q}/lora_report.json {output.report:q}) > {log:q} 2>&1"

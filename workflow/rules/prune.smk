@@ -30,7 +30,7 @@ rule prune:
     conda:
         "../../envs/core.yaml"
     shell:
-        "(wandapp prune --model {input.model:q} --method {params.method:q} --sparsity {params.sparsity:q}"
+        "(gpu_slot wandapp prune --model {input.model:q} --method {params.method:q} --sparsity {params.sparsity:q}"
         " --calibration {input.calibration:q} --nsamples {params.nsamples:q} --seqlen {params.seqlen:q}"
         " --seed {params.seed:q} --device {params.device:q} --dtype {params.dtype:q} {params.flags:q} {params.extra}"
         " --output {output.model:q}"

@@ -31,6 +31,8 @@ rule report:
         reports=lambda wildcards, output: os.path.dirname(output.csv),
     log:
         f"{RESULTS}/logs/report.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report.tsv"
     threads: threads_of("report")
     resources:
         **resources_of("report"),

@@ -1,0 +1,19 @@
+"""`wandapp tasks` finds the packaged YAML of each local task without indexing all of lm-eval's tasks."""
+
+import pytest
+
+from wandapp.evaluate.tasks import LOCAL_TASKS, PACKAGED_YAML, packaged_task_yaml
+
+
+def test_every_local_task_has_a_known_yaml():
+    assert set(PACKAGED_YAML) == set(LOCAL_TASKS)
+
+
+def test_the_yaml_found_is_the_one_lm_eval_indexes():
+    pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    index = TaskManager().task_index
+    for task in LOCAL_TASKS:
+        assert str(packaged_task_yaml(task)) == str(index[task].yaml_path), task
+    assert packaged_task_yaml("no_such_task_anywhere") is None
