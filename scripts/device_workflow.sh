@@ -156,7 +156,7 @@ restore() {  # on a fresh machine: unpack the carried results, rebuild the base 
     tar -xzf "$WRUN/incoming/wrun-results.tar.gz" -C "$WORK"
     rm -rf "$WORK/.snakemake/locks"
     echo "restored $(find "$WORK" -name '*.json' | wc -l) result files; rebuilding the converted models"
-    bash -c "$(snakemake_cmd) --until convert" >"$WRUN/restore.log" 2>&1 || { tail -20 "$WRUN/restore.log"; die "convert failed"; }
+    (cd "$WORK" && bash -c "$(snakemake_cmd) --until convert") >"$WRUN/restore.log" 2>&1 || { tail -20 "$WRUN/restore.log"; die "convert failed"; }
     # Older than every restored result: the finished jobs downstream stay finished.
     find "$WORK" -path '*/models/*/base*' -exec touch -h -d @1 {} +
 }
@@ -172,6 +172,9 @@ launch() {
     local cmd
     cmd=$(snakemake_cmd)
     echo "$cmd" >"$WRUN/snakemake.cmd"
+    # From $WORK: `python -m` puts the working directory first on sys.path, so the repository copy would shadow
+    # the snapshot's wandapp.
+    cd "$WORK"
     setsid nohup bash -c "$cmd; echo \$? >'$WRUN/snakemake.rc'" >>"$WRUN/snakemake.log" 2>&1 </dev/null &
     echo $! >"$WRUN/snakemake.pid"
     echo "workflow started (pid $!): $cmd"
@@ -189,7 +192,7 @@ progress() {
         echo "workflow finished, exit $(cat "$WRUN/snakemake.rc")"
         tail -3 "$log"
         echo "second invocation (dry run):"
-        bash -c "$(snakemake_cmd) -n" 2>&1 | grep -E 'Nothing to be done|Job stats|^total|^[a-z_]+ +[0-9]+$' | head -15 || true
+        (cd "$WORK" && bash -c "$(snakemake_cmd) -n") 2>&1 | grep -E 'Nothing to be done|Job stats|^total|^[a-z_]+ +[0-9]+$' | head -15 || true
     fi
 }
 
