@@ -9,7 +9,8 @@ import pytest
 from wandapp.cli import main
 from wandapp.errors import DataError, WandappError
 from wandapp.evaluate.tasks import (
-    LOCAL_TASKS, PAPER_TASKS, check_tasks, local_task_files, local_task_yaml, parse_task_list,
+    LOCAL_TASKS, MIRROR_TASKS, MMLU_SUBJECTS, PAPER_TASKS, WANDA_TASKS, check_tasks, local_task_files,
+    local_task_yaml, parse_task_list,
 )
 
 LIMIT = 3
@@ -24,7 +25,7 @@ def offline(monkeypatch, tmp_path):
 
 
 def test_all_local_tasks_run_offline(tiny_llama_dir, data_dir, tmp_path, capsys):
-    tasks = list(PAPER_TASKS) + ["piqa"]
+    tasks = list(MIRROR_TASKS)  # the paper's nine, Wanda's openbookqa, piqa
     out = tmp_path / "results.json"
     rc = main([
         "tasks", "--model", str(tiny_llama_dir), "--tasks", ",".join(tasks), "--limit", str(LIMIT),
@@ -35,16 +36,27 @@ def test_all_local_tasks_run_offline(tiny_llama_dir, data_dir, tmp_path, capsys)
     assert list(result["results"]) == tasks
     assert result["num_fewshot"] == 0 and result["limit"] == LIMIT
     full_sizes = {"boolq": 3270, "rte": 277, "hellaswag": 10042, "winogrande": 1267, "arc_easy": 2376,
-                  "arc_challenge": 1172, "openbookqa": 500, "piqa": 1838}
+                  "arc_challenge": 1172, "openbookqa": 500, "piqa": 1838, "wic": 638, "mrpc": 408, "mmlu": 14042}
     for task, row in result["results"].items():
+        if task == "mmlu":
+            continue
         assert row["n"] == LIMIT, task
         assert row["n_total"] == full_sizes[task], task  # the split lm-eval evaluates (ARC/OBQA: test)
         assert 0.0 <= row["acc"] <= 1.0
         # accuracy over 3 rows is a multiple of 1/3
         assert abs(row["acc"] * LIMIT - round(row["acc"] * LIMIT)) < 1e-6
+        assert "subjects" not in row
     for task in ("hellaswag", "arc_easy", "arc_challenge", "openbookqa", "piqa"):
         assert 0.0 <= result["results"][task]["acc_norm"] <= 1.0
     assert "acc_norm" not in result["results"]["boolq"]  # lm-eval's boolq defines acc only
+    # MMLU: one accuracy over the 57 subjects (the limit applies per subject), weighted by size as lm-eval's group
+    mmlu = result["results"]["mmlu"]
+    assert mmlu["lm_eval_task"] == "wandapp_local_mmlu"
+    assert list(mmlu["subjects"]) == list(MMLU_SUBJECTS)
+    assert mmlu["n"] == 57 * LIMIT and mmlu["n_total"] == full_sizes["mmlu"]
+    assert mmlu["subjects"]["professional_law"]["n_total"] == 1534
+    subjects = mmlu["subjects"].values()
+    assert mmlu["acc"] == pytest.approx(sum(s["acc"] * s["n"] for s in subjects) / mmlu["n"])
     assert "boolq" in capsys.readouterr().out
 
 
@@ -56,12 +68,30 @@ def test_local_yaml_points_at_absolute_files(data_dir, tmp_path):
     assert text.startswith('include: "/pkg/arc_easy.yaml"')
 
 
-def test_unknown_task_is_one_line_error(data_dir, tmp_path, capsys):
-    rc = main(["tasks", "--model", "unused-hub/id", "--tasks", "boolq,no_such_task", "--data-dir", str(data_dir),
+@pytest.mark.parametrize("task", ["no_such_task", "lambada_openai"])  # unknown anywhere / an lm-eval task not mirrored
+def test_task_missing_from_mirror_is_one_line_error(data_dir, tmp_path, capsys, task):
+    rc = main(["tasks", "--model", "unused-hub/id", "--tasks", f"boolq,{task}", "--data-dir", str(data_dir),
                "--output", str(tmp_path / "r.json")])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and "unknown task(s) no_such_task" in err and len(err.splitlines()) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # run start/end lines aside
+    assert rc == 2 and len(err) == 1
+    err = err[0]
+    assert f"task(s) {task} not in the mirror" in err and "mmlu" in err  # names what the mirror has
     assert not (tmp_path / "r.json").exists()
+
+
+def test_missing_mmlu_subject_names_its_file(tmp_path):
+    for subject in MMLU_SUBJECTS[:-1]:
+        (tmp_path / "tasks" / "mmlu" / subject).mkdir(parents=True)
+        (tmp_path / "tasks" / "mmlu" / subject / "test.jsonl").write_text("{}\n")
+    with pytest.raises(DataError, match=r"tasks/mmlu/world_religions/test\.jsonl"):
+        check_tasks(["mmlu"], tmp_path)
+    assert set(local_task_files("mmlu_anatomy", tmp_path)) == {"test"}  # dev (few-shot) is optional
+
+
+def test_mmlu_subject_yaml_reads_test_and_dev(data_dir, tmp_path):
+    text = local_task_yaml("mmlu_anatomy", "/pkg/mmlu_anatomy.yaml", data_dir, tmp_path / "cache")
+    assert "task: wandapp_local_mmlu_anatomy" in text and "test_split: test" in text
+    assert "fewshot_split: dev" in text and str((data_dir / "tasks/mmlu/anatomy/dev.jsonl").resolve()) in text
 
 
 def test_missing_local_file_names_it(tmp_path):
@@ -83,4 +113,5 @@ def test_task_list_parsing():
     assert parse_task_list(" BoolQ, rte ,") == ["boolq", "rte"]
     with pytest.raises(WandappError):
         parse_task_list("rte,rte")
-    assert set(PAPER_TASKS) <= set(LOCAL_TASKS)
+    assert set(PAPER_TASKS) <= set(MIRROR_TASKS) and set(WANDA_TASKS) <= set(LOCAL_TASKS)
+    assert len(PAPER_TASKS) == 9 and len(MMLU_SUBJECTS) == 57 == len(set(MMLU_SUBJECTS))

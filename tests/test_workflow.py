@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from wandapp.codeversion import stage_code_hash, stage_files
+from wandapp.evaluate.tasks import PAPER_TASKS
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -72,14 +73,86 @@ def test_configfile_replaces_default(tmp_path):
     assert "results/models/smollm2/magnitude" not in r.stdout
 
 
-def test_paper_config_dag():
-    r = dry_run("--configfile", "workflow/configs/paper.yaml", "-p")
+def shipped_config(tmp_path: Path, name: str) -> tuple[Path, dict, int]:
+    """A shipped config less the methods this checkout lacks (gblm comes from another branch), the config as
+    shipped, and how many methods were left out."""
+    from wandapp.methods import method_names
+
+    shipped = yaml.safe_load((REPO / name).read_text())
+    config = yaml.safe_load((REPO / name).read_text())
+    missing = [m for m, spec in config["methods"].items() if m not in method_names() and not (spec or {}).get("method")]
+    for m in missing:
+        del config["methods"][m]
+        for stage in (config["eval"]["tasks"], config["lora"]):
+            if stage.get("methods"):
+                stage["methods"] = [x for x in stage["methods"] if x != m]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, shipped, len(missing)
+
+
+def test_paper_config_dag(tmp_path):
+    """paper.yaml runs what the paper reports: Table 1 everywhere, Table 2 and LoRA on LLaMA-1 7B at 2:4 only."""
+    path, config, missing = shipped_config(tmp_path, "workflow/configs/paper.yaml")
+    r = dry_run("--configfile", str(path), "-p")
     assert r.returncode == 0, r.stderr + r.stdout
     counts = job_counts(r.stdout)
+    assert set(config["methods"]) == {"sparsegpt", "wanda", "gblm", "wanda++-ro", "wanda++-rgs", "wanda++"}
+    assert config["eval"]["tasks"]["names"] == list(PAPER_TASKS)
+    methods = 6 - missing
     assert counts["convert"] == 5 and counts["calibrate"] == 5
-    assert counts["prune"] == 5 * 7 * 3
+    assert counts["prune"] == 5 * methods * 3
+    assert counts["eval_tasks"] == 1 + 4 - missing  # dense, Wanda, GBLM, Wanda++ RGS, Wanda++ (was 95 before subsets)
+    assert counts["lora"] == 2  # Wanda, Wanda++
+    assert counts["eval_ppl"] == 5 * (1 + methods * 3) + 2  # every model, plus the two LoRA-tuned ones
     assert "--nsamples 128 --seqlen 2048" in r.stdout
     assert "huggyllama/llama-13b" in r.stdout
+    tasks_jobs = re.findall(r"wandapp tasks --model (\S+)", r.stdout)
+    expected = ["base", "wanda/2-4", "wanda++-rgs/2-4", "wanda++/2-4"] + (["gblm/2-4"] if not missing else [])
+    assert sorted(tasks_jobs) == sorted(f"results/paper/models/llama-7b/{m}" for m in expected)
+    assert "--tasks wic,mrpc,hellaswag,arc_easy,arc_challenge,winogrande,boolq,rte,mmlu" in r.stdout
+
+
+def test_gpu_config_dag(tmp_path):
+    """gpu.yaml: SmolLM2 at the paper's protocol, every method x 3 sparsities, nine tasks at 2:4, LoRA x 2."""
+    path, config, missing = shipped_config(tmp_path, "workflow/configs/gpu.yaml")
+    r = dry_run("--configfile", str(path), "--cores", "16", "--resources", "gpu=1", "-p")
+    assert r.returncode == 0, r.stderr + r.stdout
+    counts = job_counts(r.stdout)
+    assert set(config["methods"]) == {"magnitude", "wanda", "sparsegpt", "gblm", "wanda++", "wanda++-rgs", "wanda++-ro"}
+    assert config["device"] == "cuda" and config["eval"]["tasks"]["names"] == list(PAPER_TASKS)
+    methods = len(config["methods"]) - missing
+    assert counts["convert"] == 1 and counts["calibrate"] == 1
+    assert counts["prune"] == methods * 3
+    assert counts["eval_ppl"] == 1 + methods * 3 + 2  # dense, every pruned model, the two LoRA-tuned ones
+    assert counts["eval_tasks"] == 1 + methods  # dense and every method at 2:4
+    assert counts["lora"] == 2 and "bench" not in counts
+    assert "--nsamples 128 --seqlen 2048" in r.stdout and "--device cuda" in r.stdout
+    assert "--max-windows" not in r.stdout and "--limit" not in r.stdout  # whole split, whole tasks
+    assert re.search(r"wandapp lora --model \S+/wanda\+\+/2-4 ", r.stdout)
+    assert config["resources"]["prune"]["gpu"] > 1 and config["resources"]["eval_tasks"]["gpu"] == 1
+
+
+def test_stage_subsets(tmp_path):
+    cfg = write_config(tmp_path, "config.yaml", **{
+        "eval.ppl.sparsities": ["0.5"], "eval.tasks.methods": ["wanda"], "eval.tasks.lora": False,
+        "lora.enabled": True, "lora.methods": ["wanda", "wanda++"], "lora.sparsities": ["0.5"],
+    })
+    r = dry_run("--configfile", str(cfg))
+    assert r.returncode == 0, r.stderr + r.stdout
+    counts = job_counts(r.stdout)
+    methods = len(yaml.safe_load((REPO / "config.yaml").read_text())["methods"])
+    assert counts["prune"] == methods * 2  # every method at every sparsity: the cost table
+    assert counts["eval_ppl"] == 1 + methods + 2  # dense, every method at 50%, both LoRA models
+    assert counts["eval_tasks"] == 1 + 2  # dense, wanda at 2:4 and 50%, no LoRA model
+    assert counts["lora"] == 2
+
+
+def test_stage_subset_typo_fails(tmp_path):
+    cfg = write_config(tmp_path, "config.yaml", **{"eval.tasks.methods": ["wandaa"]})
+    r = dry_run("--configfile", str(cfg))
+    assert r.returncode != 0 and "Job stats" not in r.stdout
+    assert "eval.tasks.methods: wandaa not in the top-level methods" in r.stderr + r.stdout
 
 
 def test_owl_profile_runs_at_unstructured_sparsities_only(tmp_path):

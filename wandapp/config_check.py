@@ -74,6 +74,28 @@ def _check_sparsities(config: dict, key: str, values: list) -> list[str]:
     return labels
 
 
+STAGE_SUBSETS = {"eval.ppl": ("eval", "ppl"), "eval.tasks": ("eval", "tasks"), "lora": ("lora",)}
+
+
+def _check_stage_subsets(config: dict) -> None:
+    """A stage's models/methods/sparsities subset names entries of the top-level lists (its sparsities normalised)."""
+    for key, path in STAGE_SUBSETS.items():
+        node = config
+        for part in path:
+            node = (node or {}).get(part)
+        for name in ("models", "methods", "sparsities"):
+            values = (node or {}).get(name)
+            if values is None:
+                continue
+            if name == "sparsities":
+                values = node[name] = _check_sparsities(config, f"{key}.sparsities", values)
+            known = [str(k) for k in config[name]]
+            unknown = [str(v) for v in values if str(v) not in known]
+            if unknown:
+                raise ConfigError(f"{key}.{name}: {', '.join(unknown)} not in the top-level {name} "
+                                  f"({', '.join(known)})")
+
+
 def check_config(config: dict, schema: dict, methods: list[str], cwd: str | os.PathLike = ".") -> None:
     """Raise ConfigError (one line) for the first bad value; normalise sparsity labels in place."""
 
@@ -84,6 +106,7 @@ def check_config(config: dict, schema: dict, methods: list[str], cwd: str | os.P
             raise ConfigError(f"methods.{label}: not a known method ({', '.join(methods)}); name one with a "
                               f"`method:` key to use {label!r} as a label")
     config["sparsities"] = _check_sparsities(config, "sparsities", config["sparsities"])
+    _check_stage_subsets(config)
     bench = config.get("bench") or {}
     if bench.get("patterns"):
         bench["patterns"] = _check_sparsities(config, "bench.patterns", bench["patterns"])

@@ -1,4 +1,5 @@
-"""Collect the workflow's metrics JSONs into one table, then write summary.csv, summary.md and figures (PNG + SVG).
+"""Collect the workflow's metrics JSONs into one table, then write summary.csv, summary.md, the paper's tables
+(paper_tables.md, table1..4_*.csv: paper_tables.py) and figures (PNG + SVG).
 
 A metrics file's place says what it describes: `.../{model}/{method}/{variant}/{kind}.json`, where variant is the
 sparsity's SparsityPattern.path_label ("2-4", "0.5"; "0" for dense), optionally followed by "+lora", and kind is one of
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 # Fixed order (the methods' own) and colours (Okabe-Ito, colour-blind safe): a method looks the same in every figure.
 METHOD_ORDER = list(METHODS)
 PALETTE = ["#999999", "#56B4E9", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#0072B2", "#F0E442", "#000000"]
-FIGURES = ["ppl", "ppl_relative", "accuracy", "speedup", "prune_cost"]
+FIGURES = ["ppl", "ppl_relative", "accuracy", "speedup", "prune_cost", "improvement"]
 GIB = 1024**3
 
 
@@ -430,6 +431,14 @@ def figure_prune_cost(table: pd.DataFrame):
     return fig
 
 
+def figure_improvement(table: pd.DataFrame):
+    """The paper's Figure 1 (paper_tables.py), in this report's colours; dense in black."""
+    from .paper_tables import FIGURE_METHODS, figure_improvement as draw
+
+    pruned = [(m, False) for m in FIGURE_METHODS if m != DENSE]
+    return draw(table, {**_colours(pruned), DENSE: "#000000"})
+
+
 def _atomic_write(path: Path, write) -> None:
     """Call write(tmp) on a temporary sibling that is renamed over `path`: a reader never sees half a file."""
     with atomic_file(path) as tmp:
@@ -454,6 +463,7 @@ def write_report(table: pd.DataFrame, output: str | os.PathLike) -> list[Path]:
         "accuracy": lambda: figure_accuracy(table),
         "speedup": lambda: figure_speedup(table),
         "prune_cost": lambda: figure_prune_cost(table),
+        "improvement": lambda: figure_improvement(table),
     }
     for name in FIGURES:
         fig = makers[name]()
@@ -463,4 +473,6 @@ def write_report(table: pd.DataFrame, output: str | os.PathLike) -> list[Path]:
     csv, md = out / "summary.csv", out / "summary.md"
     _atomic_write(csv, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
     _atomic_write(md, lambda tmp: Path(tmp).write_text(summary_markdown(table)))
-    return written + [csv, md]
+    from .paper_tables import write_paper_tables
+
+    return written + [csv, md] + write_paper_tables(table, out, _atomic_write)

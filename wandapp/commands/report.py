@@ -10,8 +10,10 @@ def register(sub) -> None:
         "report",
         help="collect metrics JSONs into summary.csv/.md and figures (PNG + SVG)",
         description="Read metrics files laid out as .../MODEL/METHOD/SPARSITY/KIND.json (KIND: prune, lora, tasks, "
-        "bench, ppl_<dataset>) and write summary.csv, summary.md and the figures ppl, ppl_relative, accuracy, "
-        "speedup and prune_cost as PNG and SVG. Missing stages give a figure that says so.",
+        "bench, ppl_<dataset>) and write summary.csv, summary.md, the figures ppl, ppl_relative, accuracy, "
+        "speedup, prune_cost and improvement (the paper's Figure 1) as PNG and SVG, and the paper's Tables 1-4 "
+        "(paper_tables.md, table1_ppl.csv, table2_zero_shot.csv, table3_lora.csv, table4_prune_cost.csv) with "
+        "the paper's published numbers beside ours for the paper's models. Missing stages give a figure that says so.",
     )
     p.add_argument("--results", nargs="+", required=True, help="metrics JSON files, or folders searched for *.json")
     p.add_argument("--output", required=True, help="folder for the tables and figures")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from ..evaluate.tasks import MIRROR_TASKS, PAPER_TASKS
 from .common import (add_data_option, add_file_output, add_model_options, check_model, check_output, device_and_dtype,
                      require_at_least)
 
-DEFAULT_TASKS = "boolq,rte,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa"
+DEFAULT_TASKS = ",".join(PAPER_TASKS)
 
 
 def register(sub) -> None:
@@ -20,8 +21,9 @@ def register(sub) -> None:
     p.add_argument(
         "--tasks",
         default=DEFAULT_TASKS,
-        help=f"comma-separated lm-eval task names (default: the paper's seven, {DEFAULT_TASKS}); with a mirror, "
-        "these plus piqa read local files, any other lm-eval task (e.g. mrpc, wic, mmlu) comes from the hub",
+        help=f"comma-separated lm-eval task names (default: the Wanda++ paper's nine, {DEFAULT_TASKS}; mmlu is "
+        "the 57-subject group, one accuracy plus each subject's in the JSON); with a mirror every task must be one "
+        f"of {', '.join(MIRROR_TASKS)}; without one, any lm-eval task comes from the hub",
     )
     p.add_argument("--num-fewshot", type=int, default=0, help="in-context examples per question (default 0)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples of each task (quick runs)")

@@ -2,7 +2,9 @@
 
 Task data comes from a local mirror (`tasks/<task>/<split>.jsonl[.gz]`, HF field names) when one is given: each
 packaged lm-eval task is re-pointed at the local file through a generated YAML that `include:`s the packaged one, so
-prompts, choices and metrics stay lm-eval's own. Without a mirror, lm-eval loads its datasets from the hub.
+prompts, choices and metrics stay lm-eval's own. MMLU is lm-eval's group of 57 subject tasks; locally each subject
+reads `tasks/mmlu/<subject>/{test,dev}.jsonl` and a local group averages them weighted by size, as `mmlu` does.
+With a mirror every task must be in it (no silent mix with the hub); without one, lm-eval loads from the hub.
 """
 
 from __future__ import annotations
@@ -17,9 +19,27 @@ from ..errors import DataError, WandappError
 
 log = logging.getLogger(__name__)
 
-PAPER_TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
+# The Wanda++ paper's Table 2 (method.md 3.3), in its column order; Wanda's seven are WANDA_TASKS.
+PAPER_TASKS = ("wic", "mrpc", "hellaswag", "arc_easy", "arc_challenge", "winogrande", "boolq", "rte", "mmlu")
+WANDA_TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 LOCAL_PREFIX = "wandapp_local_"
 METRICS = ("acc", "acc_norm")
+MMLU = "mmlu"
+# lm-eval's `mmlu` group: one task mmlu_<subject> per subject (the cais/mmlu configs), 14,042 test questions.
+MMLU_SUBJECTS = (
+    "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge", "college_biology",
+    "college_chemistry", "college_computer_science", "college_mathematics", "college_medicine", "college_physics",
+    "computer_security", "conceptual_physics", "econometrics", "electrical_engineering", "elementary_mathematics",
+    "formal_logic", "global_facts", "high_school_biology", "high_school_chemistry", "high_school_computer_science",
+    "high_school_european_history", "high_school_geography", "high_school_government_and_politics",
+    "high_school_macroeconomics", "high_school_mathematics", "high_school_microeconomics", "high_school_physics",
+    "high_school_psychology", "high_school_statistics", "high_school_us_history", "high_school_world_history",
+    "human_aging", "human_sexuality", "international_law", "jurisprudence", "logical_fallacies", "machine_learning",
+    "management", "marketing", "medical_genetics", "miscellaneous", "moral_disputes", "moral_scenarios", "nutrition",
+    "philosophy", "prehistory", "professional_accounting", "professional_law", "professional_medicine",
+    "professional_psychology", "public_relations", "security_studies", "sociology", "us_foreign_policy", "virology",
+    "world_religions",
+)
 
 
 @dataclass(frozen=True)
@@ -41,7 +61,12 @@ LOCAL_TASKS = {
     "arc_challenge": LocalTask("test", "test.jsonl", "validation.jsonl"),
     "openbookqa": LocalTask("test", "test.jsonl", "validation.jsonl"),
     "piqa": LocalTask("validation", "validation.jsonl"),
+    "wic": LocalTask("validation", "validation.jsonl"),  # super_glue WiC; no train split, so zero-shot only
+    "mrpc": LocalTask("validation", "validation.jsonl"),  # GLUE MRPC; no train split, so zero-shot only
 }
+# Each MMLU subject: the test split evaluated, dev (5 questions) for few-shot, as lm-eval's mmlu_<subject>.
+MMLU_LOCAL = LocalTask("test", "test.jsonl", "dev.jsonl", fewshot_split="dev")
+MIRROR_TASKS = (*LOCAL_TASKS, MMLU)
 
 
 def parse_task_list(text: str) -> list[str]:
@@ -54,9 +79,14 @@ def parse_task_list(text: str) -> list[str]:
 
 
 def local_task_files(task: str, root: Path) -> dict[str, Path]:
-    """{split: absolute file} of a task in the mirror; DataError naming the file when the evaluated one is missing."""
-    spec = LOCAL_TASKS[task]
-    folder = (root / "tasks" / task).resolve()
+    """{split: absolute file} of a task in the mirror; DataError naming the file when the evaluated one is missing.
+
+    `task` is a LOCAL_TASKS name or `mmlu_<subject>` (one MMLU subject)."""
+    if task.startswith(MMLU + "_") and task.removeprefix(MMLU + "_") in MMLU_SUBJECTS:
+        spec, folder = MMLU_LOCAL, root / "tasks" / MMLU / task.removeprefix(MMLU + "_")
+    else:
+        spec, folder = LOCAL_TASKS[task], root / "tasks" / task
+    folder = folder.resolve()
     evaluated = _plain_or_gz(folder / spec.eval_file)
     if evaluated is None:
         raise DataError(f"missing task file: {folder / spec.eval_file}")
@@ -75,24 +105,35 @@ def _plain_or_gz(path: Path) -> Path | None:
     return None
 
 
+def lm_eval_tasks(task: str) -> list[str]:
+    """The lm-eval tasks that make up one requested task: the 57 subjects for mmlu, else the task itself."""
+    return [f"{MMLU}_{s}" for s in MMLU_SUBJECTS] if task == MMLU else [task]
+
+
 def check_tasks(tasks: list[str], root: Path | None) -> None:
-    """Fail before any model is loaded: local files present, other names known to lm-eval."""
-    if root is not None:
-        for task in tasks:
-            if task in LOCAL_TASKS:
-                local_task_files(task, root)
-    if root is None or any(t not in LOCAL_TASKS for t in tasks):
+    """Fail before any model is loaded: with a mirror, every task and its files in it; else names known to lm-eval."""
+    if root is None:
         from lm_eval.tasks import TaskManager
 
         _check_known(tasks, TaskManager())
+        return
+    missing = [t for t in tasks if t not in MIRROR_TASKS]
+    if missing:
+        raise DataError(
+            f"task(s) {', '.join(missing)} not in the mirror {root} (it has {', '.join(MIRROR_TASKS)}); "
+            "leave out --data-dir to load tasks from the hub"
+        )
+    for task in tasks:
+        for name in lm_eval_tasks(task):
+            local_task_files(name, root)
 
 
 def _check_known(tasks: list[str], manager) -> None:
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise WandappError(
-            f"unknown task(s) {', '.join(unknown)}; local ones: {', '.join(LOCAL_TASKS)} (others from lm-eval's "
-            "registry via the hub, e.g. mrpc, wic, mmlu)"
+            f"unknown task(s) {', '.join(unknown)}; in a mirror: {', '.join(MIRROR_TASKS)} (others from lm-eval's "
+            "registry via the hub)"
         )
 
 
@@ -101,6 +142,7 @@ def local_task_yaml(task: str, packaged_yaml: str, root: Path, cache_dir: Path) 
     files = local_task_files(task, root)
     splits = {s: (s if s in files else None) for s in ("train", "validation", "test")}
     data_files = "".join(f"\n      {split}: {_quote(path)}" for split, path in files.items())
+    fewshot = "fewshot_split: dev\n" if "dev" in files else ""
     # Absolute paths only: lm-eval resolves relative data_files against the working directory, not the YAML.
     return (
         f"include: {_quote(packaged_yaml)}\n"
@@ -114,6 +156,21 @@ def local_task_yaml(task: str, packaged_yaml: str, root: Path, cache_dir: Path) 
         f"training_split: {splits['train'] or 'null'}\n"
         f"validation_split: {splits['validation'] or 'null'}\n"
         f"test_split: {splits['test'] or 'null'}\n"
+        f"{fewshot}"
+    )
+
+
+def local_mmlu_group_yaml() -> str:
+    """lm-eval's `mmlu` group over the local subject copies: accuracy averaged weighted by size, as `_mmlu.yaml`."""
+    subtasks = "".join(f"\n  - {LOCAL_PREFIX}{name}" for name in lm_eval_tasks(MMLU))
+    return (
+        f"group: {LOCAL_PREFIX}{MMLU}\n"
+        f"task:{subtasks}\n"
+        "aggregate_metric_list:\n"
+        "  - metric: acc\n"
+        "    weight_by_size: true\n"
+        "metadata:\n"
+        "  version: 2\n"
     )
 
 
@@ -131,6 +188,9 @@ PACKAGED_YAML = {
     "arc_challenge": "arc/arc_challenge.yaml",
     "openbookqa": "openbookqa/openbookqa.yaml",
     "piqa": "piqa/piqa.yaml",
+    "wic": "super_glue/wic/default.yaml",
+    "mrpc": "glue/mrpc/default.yaml",
+    **{f"{MMLU}_{s}": f"mmlu/default/mmlu_{s}.yaml" for s in MMLU_SUBJECTS},
 }
 
 
@@ -140,7 +200,8 @@ def packaged_task_yaml(task: str) -> Path | None:
     import lm_eval.tasks
 
     tasks_dir = Path(lm_eval.tasks.__file__).parent
-    defines = re.compile(rf"^task:\s*['\"]?{re.escape(task)}['\"]?\s*$", re.M)
+    # `task: x` or, as in lm-eval's generated MMLU configs, `"task": "x"`
+    defines = re.compile(rf"^['\"]?task['\"]?:\s*['\"]?{re.escape(task)}['\"]?\s*$", re.M)
     known = tasks_dir / PACKAGED_YAML.get(task, "-")
     candidates = [known] if known.is_file() else []
     for path in [*candidates, *sorted(tasks_dir.rglob("*.yaml"))]:
@@ -153,52 +214,72 @@ def packaged_task_yaml(task: str) -> Path | None:
 
 
 def build_task_manager(tasks: list[str], root: Path | None, work_dir: Path):
-    """A TaskManager that knows the local copies, and the lm-eval task name for each requested task."""
+    """A TaskManager that knows the local copies, and the lm-eval task (or group) name for each requested task."""
     from lm_eval.tasks import TaskManager
 
-    local = {t: packaged_task_yaml(t) for t in tasks if root is not None and t in LOCAL_TASKS}
-    all_local = root is not None and all(local.get(t) is not None for t in tasks)
-    packaged = None
-    if not all_local:  # some task comes from lm-eval's own registry: the full index is needed anyway
+    if root is None:  # lm-eval's own registry: the full index is needed anyway
         packaged = TaskManager()
         _check_known(tasks, packaged)
-    if root is None:
         return packaged, {t: t for t in tasks}
+    check_tasks(tasks, root)
     config_dir, cache_dir = work_dir / "task_configs", work_dir / "datasets_cache"
     config_dir.mkdir(parents=True, exist_ok=True)
-    names = {}
+    packaged = None
     for task in tasks:
-        if task not in LOCAL_TASKS:
-            log.warning("task %s has no local data in %s: lm-eval will load it from the hub", task, root)
-            names[task] = task
-            continue
-        yaml_path = local.get(task) or packaged.task_index[task].yaml_path
-        (config_dir / f"{task}.yaml").write_text(local_task_yaml(task, str(yaml_path), root, cache_dir))
-        names[task] = LOCAL_PREFIX + task
-    if not any(n.startswith(LOCAL_PREFIX) for n in names.values()):
-        return packaged, names
-    # Indexing lm-eval's thousands of packaged tasks takes seconds: skip it when every task is a local copy.
-    return TaskManager(include_path=str(config_dir), include_defaults=not all_local), names
+        for name in lm_eval_tasks(task):
+            yaml_path = packaged_task_yaml(name)
+            if yaml_path is None:  # moved beyond a text scan's reach: ask the (slow) full index once
+                packaged = packaged or TaskManager()
+                yaml_path = packaged.task_index[name].yaml_path
+            (config_dir / f"{name}.yaml").write_text(local_task_yaml(name, str(yaml_path), root, cache_dir))
+        if task == MMLU:
+            (config_dir / f"_{MMLU}_group.yaml").write_text(local_mmlu_group_yaml())
+    # Every task here is a local copy: skip indexing lm-eval's thousands of packaged tasks.
+    return TaskManager(include_path=str(config_dir), include_defaults=False), {t: LOCAL_PREFIX + t for t in tasks}
+
+
+def _metrics_row(metrics: dict) -> dict:
+    row: dict = {}
+    for metric in METRICS:
+        if f"{metric},none" in metrics:
+            row[metric] = float(metrics[f"{metric},none"])
+            stderr = metrics.get(f"{metric}_stderr,none")
+            row[f"{metric}_stderr"] = float(stderr) if isinstance(stderr, (int, float)) else None
+    return row
+
+
+def _counts(raw: dict, name: str) -> tuple[int, int]:
+    counts = raw.get("n-samples", {}).get(name, {})
+    effective = int(counts.get("effective", 0))
+    return effective, int(counts.get("original", effective))
 
 
 def summarize(raw: dict, names: dict[str, str]) -> dict[str, dict]:
-    """{task: {acc, acc_stderr, acc_norm, acc_norm_stderr (where the task has them), n, lm_eval_task}}."""
+    """{task: {acc, acc_stderr, acc_norm, acc_norm_stderr (where the task has them), n, n_total, lm_eval_task}}.
+
+    MMLU's row is lm-eval's group accuracy (subjects weighted by their question counts) and carries a `subjects`
+    entry with each subject's own row."""
     out = {}
     for task, name in names.items():
         metrics = raw["results"].get(name)
         if metrics is None:
             raise WandappError(f"lm-eval returned no result for task {task}")
-        row: dict = {}
-        for metric in METRICS:
-            if f"{metric},none" in metrics:
-                row[metric] = float(metrics[f"{metric},none"])
-                stderr = metrics.get(f"{metric}_stderr,none")
-                row[f"{metric}_stderr"] = float(stderr) if isinstance(stderr, (int, float)) else None
-        counts = raw.get("n-samples", {}).get(name, {})
-        row["n"] = int(counts.get("effective", 0))
-        row["n_total"] = int(counts.get("original", row["n"]))
+        row = _metrics_row(metrics)
+        prefix = name.removesuffix(task)  # "" from the hub, LOCAL_PREFIX for a local copy
+        parts = {sub: prefix + sub for sub in lm_eval_tasks(task)} if task == MMLU else {task: name}
+        subjects = {}
+        for sub, sub_name in parts.items():
+            sub_metrics = raw["results"].get(sub_name)
+            if sub_metrics is None:
+                raise WandappError(f"lm-eval returned no result for task {sub} of {task}")
+            n, n_total = _counts(raw, sub_name)
+            subjects[sub.removeprefix(MMLU + "_")] = {**_metrics_row(sub_metrics), "n": n, "n_total": n_total}
+        row["n"] = sum(s["n"] for s in subjects.values())
+        row["n_total"] = sum(s["n_total"] for s in subjects.values())
         row["lm_eval_task"] = name
         row["version"] = raw.get("versions", {}).get(name)
+        if task == MMLU:
+            row["subjects"] = subjects
         out[task] = row
     return out
 

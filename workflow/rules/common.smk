@@ -151,33 +151,52 @@ def metrics_dir(model, method, variant):
 # ---- targets -----------------------------------------------------------------------------------------------------
 
 
+def stage_config(stage):
+    return config["lora"] if stage == "lora" else config["eval"][stage]
+
+
+def in_stage(stage, model, method, sparsity):
+    """Whether `stage` (ppl, tasks, lora) covers this pruned model; the dense baseline needs only its model listed."""
+    cfg = stage_config(stage)
+    wanted = {"models": model, "methods": method, "sparsities": sparsity}
+    if method == DENSE:
+        wanted = {"models": model}
+    return all(cfg.get(key) is None or value in cfg[key] for key, value in wanted.items())
+
+
 def variants():
-    """(model, method, variant) for every model evaluated: dense baseline, pruned, and LoRA-tuned if on."""
+    """(model, method, variant, sparsity) for every model built: dense baseline, pruned, LoRA-tuned where on.
+
+    Every method is pruned at every sparsity (the prune report is the cost table); the stage subsets decide
+    which of them are evaluated or LoRA-tuned."""
     out = []
     for model in MODELS:
         if config["dense"]:
-            out.append((model, DENSE, "0"))
+            out.append((model, DENSE, "0", None))
         for method in METHODS:
             for sparsity in config["sparsities"]:
                 if not runs_at(method, sparsity):
                     continue
-                out.append((model, method, path_label(sparsity)))
-                if config["lora"]["enabled"]:
-                    out.append((model, method, f"{path_label(sparsity)}{LORA_SUFFIX}"))
+                out.append((model, method, path_label(sparsity), sparsity))
+                if config["lora"]["enabled"] and in_stage("lora", model, method, sparsity):
+                    out.append((model, method, f"{path_label(sparsity)}{LORA_SUFFIX}", sparsity))
     return out
 
 
 def metric_files():
-    """Every per-model JSON the report collects; the set follows which stages the config turns on."""
+    """Every per-model JSON the report collects; the set follows which stages the config turns on, and where."""
     files = []
-    for model, method, variant in variants():
+    tasks = config["eval"]["tasks"]
+    for model, method, variant, sparsity in variants():
         d = metrics_dir(model, method, variant)
-        files += [f"{d}/ppl_{ds}.json" for ds in config["eval"]["ppl"]["datasets"]]
-        if config["eval"]["tasks"]["enabled"]:
+        lora = variant.endswith(LORA_SUFFIX)
+        if in_stage("ppl", model, method, sparsity):
+            files += [f"{d}/ppl_{ds}.json" for ds in config["eval"]["ppl"]["datasets"]]
+        if tasks["enabled"] and in_stage("tasks", model, method, sparsity) and (tasks.get("lora", True) or not lora):
             files.append(f"{d}/tasks.json")
         if method == DENSE:
             continue
-        if variant.endswith(LORA_SUFFIX):
+        if lora:
             files.append(f"{d}/lora.json")
             continue
         files.append(f"{d}/prune.json")
@@ -187,7 +206,7 @@ def metric_files():
 
 
 def report_figures():
-    names = ["ppl", "ppl_relative", "prune_cost"]
+    names = ["ppl", "ppl_relative", "prune_cost", "improvement"]
     if config["eval"]["tasks"]["enabled"]:
         names.append("accuracy")
     if config["bench"]["enabled"]:

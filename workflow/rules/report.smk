@@ -1,5 +1,5 @@
 # Collect every metrics JSON of this config into reports/: figures (PNG for the HTML report, SVG for papers),
-# summary.csv and summary.md. Only the files listed as input are read, so results of methods or models removed
+# summary.csv and summary.md, and the paper's Tables 1-4 (paper_tables.md, table*.csv) with its numbers beside ours. Only the files listed as input are read, so results of methods or models removed
 # from the config do not leak into the report.
 
 FIGURE_CATEGORY = {
@@ -8,7 +8,9 @@ FIGURE_CATEGORY = {
     "accuracy": "Downstream accuracy",
     "speedup": "Speed",
     "prune_cost": "Pruning cost",
+    "improvement": "Perplexity",
 }
+PAPER_TABLES = ["table1_ppl", "table2_zero_shot", "table3_lora", "table4_prune_cost"]
 
 
 rule report:
@@ -22,6 +24,8 @@ rule report:
         **{f"{name}_svg": f"{REPORTS}/{name}.svg" for name in report_figures()},
         csv=report(f"{REPORTS}/summary.csv", caption="../report/summary.rst", category="Tables"),
         md=f"{REPORTS}/summary.md",
+        paper_md=report(f"{REPORTS}/paper_tables.md", caption="../report/paper_tables.rst", category="Tables"),
+        **{name: f"{REPORTS}/{name}.csv" for name in PAPER_TABLES},
     params:
         code=code_version("report"),
         reports=lambda wildcards, output: os.path.dirname(output.csv),
