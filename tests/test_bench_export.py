@@ -11,10 +11,11 @@ from torch import nn
 
 from conftest import build_tiny_llama
 from wandapp.adapter import DecoderAdapter
-from wandapp.bench.sparse_linear import NEVER, SparseLinear, choose_kernel
-from wandapp.bench.sparsity import is_2of4, random_2of4_
+from wandapp.sparse24.sparse_linear import NEVER, SparseLinear, choose_kernel
+from wandapp.sparse24.sparsity import random_2of4_
 from wandapp.errors import WandappError
-from wandapp.export import compress_2of4, decompress_2of4, decompress_checkpoint, export_sparse24, pack_bits
+from wandapp.masks import follows_nm
+from wandapp.sparse24.export import compress_2of4, decompress_2of4, decompress_checkpoint, export_sparse24, pack_bits
 
 
 def _prune_2of4(model):
@@ -27,7 +28,7 @@ def _prune_2of4(model):
 
 def test_random_2of4_has_two_positive_zeros_per_group():
     w = random_2of4_(torch.empty(8, 32))
-    assert is_2of4(w)
+    assert follows_nm(w, 2, 4)
     assert ((w == 0).reshape(8, 8, 4).sum(-1) == 2).all()
     assert not torch.signbit(w[w == 0]).any()
 
@@ -91,6 +92,29 @@ def test_export_refuses_weights_that_are_not_2of4(tmp_path):
         export_sparse24(model, None, tmp_path)
 
 
+def test_export_bench_and_lora_share_one_2of4_check(tmp_path):
+    """-0.0 counts as a zero and one group of 3 non-zeros breaks 2:4, alike for export, the bench's swap and
+    LoRA's report: all three ask masks.follows_nm."""
+    from wandapp import lora
+    from wandapp.sparse24 import end_to_end
+
+    model = _prune_2of4(build_tiny_llama())
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight[0, 4:8] = torch.tensor([-0.0, 0.0, 1.0, 2.0])  # still 2:4
+    assert lora.nm_patterns(model)["2:4"]
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight[0, :4] = torch.tensor([1.0, 2.0, 3.0, 0.0])  # 3 of 4
+    q = model.model.layers[0].self_attn.q_proj
+    assert not follows_nm(q.weight, 2, 4) and not lora.nm_patterns(model)["2:4"]
+    with pytest.raises(WandappError, match="layers.0.self_attn.q_proj"):
+        export_sparse24(model, None, tmp_path)
+    with pytest.raises(WandappError, match="not 2:4"):
+        SparseLinear(q)
+    report = end_to_end.swap_in_sparse_linears(model, lambda out, inp: (1, 0, 1, None), reference=True)
+    assert report["layers.0.self_attn.q_proj"] == "dense (not 2:4)"
+    assert sum(v.startswith("sparse") for v in report.values()) == len(report) - 1
+
+
 def test_bench_without_gpu_records_skipped(tmp_path, tiny_llama_dir):
     from wandapp.cli import main
 
@@ -116,7 +140,7 @@ def test_bench_bad_input_fails_even_without_gpu(tmp_path, tiny_llama_dir, capsys
 
 
 def test_policy_from_sweep_records():
-    from wandapp.bench.runner import make_policy
+    from wandapp.sparse24.runner import make_policy
 
     recs = [dict(out_features=8, in_features=4, tokens=t, speedup=s)
             for t, s in ((1, 0.3), (512, 0.9), (2048, 1.3), (8192, 1.5))]
@@ -128,7 +152,7 @@ def test_policy_from_sweep_records():
 
 
 def test_fused_mlp_policy_goes_sparse_where_both_of_its_shapes_do():
-    from wandapp.bench.runner import DEFAULT_MLP_CHOICE, make_mlp_policy, mlp_dims
+    from wandapp.sparse24.runner import DEFAULT_MLP_CHOICE, make_mlp_policy, mlp_dims
 
     assert mlp_dims({"q_proj": (64, 64), "gate_proj": (176, 64), "down_proj": (64, 176)}) == (64, 176)
     assert mlp_dims({"q_proj": (64, 64)}) is None
@@ -140,7 +164,7 @@ def test_fused_mlp_policy_goes_sparse_where_both_of_its_shapes_do():
 
 
 def test_speedups_compare_eager_with_eager_and_compiled_with_compiled():
-    from wandapp.bench.runner import _speedups
+    from wandapp.sparse24.runner import _speedups
 
     rows = [dict(kernel=k, compiled=c, batch=1, prompt_len=2048, ms=ms)
             for k, c, ms in (("dense", False, 60.0), ("dense", True, 45.0), ("sparse", False, 50.0),
@@ -151,7 +175,7 @@ def test_speedups_compare_eager_with_eager_and_compiled_with_compiled():
 
 
 def test_cutlass_context_says_why_it_is_not_used_on_a_cpu():
-    from wandapp.bench.runner import cutlass_context
+    from wandapp.sparse24.runner import cutlass_context
 
     logged = []
     ctx, status = cutlass_context(torch.device("cpu"), torch.float16, "auto", logged.append)
@@ -162,7 +186,7 @@ def test_cutlass_context_says_why_it_is_not_used_on_a_cpu():
 
 
 def test_tune_mlp_takes_both_products_from_the_faster_library(monkeypatch):
-    from wandapp.bench import runner
+    from wandapp.sparse24 import runner
 
     cut = "cutlass/256x128x128_c1x1_coop/swizzle1/along_m"
     times = {  # (product, layout) -> ms: cuSPARSELt wins gate_up alone, CUTLASS wins the pair
@@ -183,7 +207,7 @@ def test_tune_mlp_takes_both_products_from_the_faster_library(monkeypatch):
 
 
 def test_crossover_needs_sparse_to_win_as_product_and_as_layer():
-    from wandapp.bench.linear_sweep import crossover_tokens
+    from wandapp.sparse24.linear_sweep import crossover_tokens
 
     recs = [dict(tokens=t, speedup=s, layer_speedup=l) for t, s, l in
             ((1, 0.96, 1.10), (16, 1.12, 1.12), (2048, 1.4, 1.3), (8192, 1.5, 1.01))]
@@ -192,8 +216,48 @@ def test_crossover_needs_sparse_to_win_as_product_and_as_layer():
     assert crossover_tokens(recs) == 16  # 1 token: the bare product loses, whatever the layer timing says
 
 
+def test_every_timer_reads_one_event_pair_around_the_calls(monkeypatch):
+    """event_ms brackets `repeat` calls with two events and waits for the second; the eager and replay medians are
+    built on it (a fake clock that the timed fn advances stands in for the GPU's)."""
+    from wandapp.sparse24 import timing
+
+    clock, log = [0.0], []
+
+    class FakeEvent:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            self.t = clock[0]
+            log.append("record")
+
+        def synchronize(self):
+            log.append("sync")
+
+        def elapsed_time(self, end):
+            return end.t - self.t
+
+    def work(ms):
+        def fn():
+            clock[0] += ms
+            log.append("call")
+        return fn
+
+    monkeypatch.setattr(timing.torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(timing.torch.cuda, "synchronize", lambda device=None: None)
+    assert timing.event_ms(work(2.0), repeat=3) == 6.0
+    assert log == ["record", "call", "call", "call", "record", "sync"]
+    steps = iter([1.0, 5.0, 2.0, 9.0, 3.0])
+    assert timing.median_ms_eager(lambda: work(next(steps, 0.0))(), "cpu", warmup=0, iters=5) == 3.0
+
+    class Graph:
+        replay = staticmethod(work(4.0))
+
+    assert timing.replay_median_ms(Graph, "cpu", iters=3, calls=4, warmup=1) == 1.0
+
+
 def test_interleaved_medians_alternate_the_fns_and_take_each_median(monkeypatch):
-    from wandapp.bench import timing
+    from wandapp.sparse24 import timing
 
     calls, times = [], {"a": iter([3.0, 1.0, 2.0]), "b": iter([5.0, 9.0, 4.0])}
 
@@ -209,8 +273,8 @@ def test_interleaved_medians_alternate_the_fns_and_take_each_median(monkeypatch)
 
 def _fake_graphs(monkeypatch, runner):
     """capture_prefill / replay / decode stand-ins: a graph is its (model kind, batch, length); dense 10 ms, sparse 8."""
-    from wandapp.bench import timing
-    from wandapp.bench.sparse_linear import SparseLinear
+    from wandapp.sparse24 import timing
+    from wandapp.sparse24.sparse_linear import SparseLinear
 
     replayed = []
 
@@ -232,8 +296,8 @@ def _fake_graphs(monkeypatch, runner):
 def test_end_to_end_times_each_case_dense_and_sparse_alternately(monkeypatch, compile_fails):
     from contextlib import contextmanager
 
-    from wandapp.bench import runner
-    from wandapp.bench.synthetic import prune_2of4_
+    from wandapp.sparse24 import runner
+    from wandapp.sparse24.synthetic import prune_2of4_
 
     replayed = _fake_graphs(monkeypatch, runner)
     if compile_fails:

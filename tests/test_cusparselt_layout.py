@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from wandapp.bench.cusparselt import _OP_T, _ORDER_ROW, Layout, descriptors
+from wandapp.sparse24.cusparselt import _OP_T, _ORDER_ROW, Layout, descriptors
 
 
 def _read(memory: np.ndarray, desc) -> np.ndarray:
@@ -43,7 +43,7 @@ def test_layout_names_round_trip_and_default_is_torch():
 
 
 def test_parse_layouts():
-    from wandapp.bench.cusparselt import DEFAULT_LAYOUTS, TORCH_LAYOUT, parse_layouts
+    from wandapp.sparse24.cusparselt import DEFAULT_LAYOUTS, TORCH_LAYOUT, parse_layouts
 
     assert parse_layouts("torch") == [TORCH_LAYOUT]
     natural = parse_layouts("natural")
@@ -56,7 +56,7 @@ def test_parse_layouts():
 
 
 def test_a_missing_library_override_is_named_in_the_error(monkeypatch, tmp_path):
-    from wandapp.bench import cusparselt
+    from wandapp.sparse24 import cusparselt
 
     monkeypatch.setenv(cusparselt.LIBRARY_ENV, str(tmp_path / "libcusparseLt.so.0"))
     with pytest.raises(OSError, match="WANDAPP_CUSPARSELT=.*no such file"):

@@ -12,7 +12,7 @@ import stat
 import pytest
 import torch
 
-from wandapp.bench import cutlass_sparse as cs
+from wandapp.sparse24 import cutlass_sparse as cs
 from wandapp.errors import WandappError
 
 # Each config's compressed-weight layout ("family"): 1 for a K tile of 64, 0 for 128, as the source derives it.
@@ -151,7 +151,7 @@ class _FakeCutlass:
 
 @pytest.mark.parametrize("top", [3, 1, None])
 def test_tuning_cutlass_alone_times_the_swizzles_of_the_top_configs(monkeypatch, top):
-    from wandapp.bench import linear_sweep
+    from wandapp.sparse24 import linear_sweep
 
     fake = _FakeCutlass()
 
@@ -170,8 +170,8 @@ def test_tuning_cutlass_alone_times_the_swizzles_of_the_top_configs(monkeypatch,
 
 
 def test_tuning_times_the_operands_it_is_given(monkeypatch):
-    from wandapp.bench import linear_sweep
-    from wandapp.bench.sparsity import random_2of4_
+    from wandapp.sparse24 import linear_sweep
+    from wandapp.sparse24.sparsity import random_2of4_
 
     fake = _FakeCutlass()
 

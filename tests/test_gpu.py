@@ -103,8 +103,8 @@ def test_block_shuttle_round_trip_keeps_cpu_tensors_and_values():
 @pytest.mark.skipif(not torch.cuda.is_available() or not torch.backends.cusparselt.is_available(),
                     reason="needs cuSPARSELt")
 def test_every_cusparselt_layout_it_accepts_computes_x_times_w_transposed():
-    from wandapp.bench.cusparselt import CusparseLt, Layout
-    from wandapp.bench.sparsity import random_2of4_
+    from wandapp.sparse24.cusparselt import CusparseLt, Layout
+    from wandapp.sparse24.sparsity import random_2of4_
 
     lt = CusparseLt(torch.device("cuda"))
     gen = torch.Generator("cuda").manual_seed(0)
@@ -126,7 +126,7 @@ def test_every_cusparselt_layout_it_accepts_computes_x_times_w_transposed():
 
 @cuda
 def test_tiled_transpose_copy_matches_torch():
-    from wandapp.bench.transpose import contiguous
+    from wandapp.sparse24.transpose import contiguous
 
     gen = torch.Generator("cuda").manual_seed(0)
     for rows, cols in ((4096, 2048), (100, 333), (48, 45)):
@@ -143,9 +143,9 @@ cslt = pytest.mark.skipif(not torch.cuda.is_available() or not torch.backends.cu
 @cuda
 @cslt
 def test_fused_gated_mlp_on_cusparselt_matches_dense():
-    from wandapp.bench.mlp_sweep import GatedMLP
-    from wandapp.bench.sparse_mlp import SparseGatedMLP
-    from wandapp.bench.sparsity import random_2of4_
+    from wandapp.sparse24.mlp_sweep import GatedMLP
+    from wandapp.sparse24.sparse_mlp import SparseGatedMLP
+    from wandapp.sparse24.sparsity import random_2of4_
 
     gen = torch.Generator("cuda").manual_seed(0)
     shapes = ((384, 256), (384, 256), (256, 384))
@@ -161,8 +161,8 @@ def test_fused_gated_mlp_on_cusparselt_matches_dense():
 def test_compiled_sparse_model_on_cusparselt_matches_eager():
     # Under torch.compile the sparse outputs stay transposed views that inductor reads in the next kernel.
     from conftest import build_tiny_llama
-    from wandapp.bench.end_to_end import compiled_blocks, swap_in_sparse_linears
-    from wandapp.bench.synthetic import prune_2of4_
+    from wandapp.sparse24.end_to_end import compiled_blocks, swap_in_sparse_linears
+    from wandapp.sparse24.synthetic import prune_2of4_
 
     model = prune_2of4_(build_tiny_llama().to("cuda", torch.float16)).eval()
     ids = torch.randint(0, model.config.vocab_size, (2, 64), device="cuda")
@@ -176,7 +176,7 @@ def test_compiled_sparse_model_on_cusparselt_matches_eager():
 
 
 def _cutlass_or_skip():
-    from wandapp.bench import cutlass_sparse as cs
+    from wandapp.sparse24 import cutlass_sparse as cs
     from wandapp.errors import WandappError
 
     if not (torch.cuda.is_available() and cs.available(torch.device("cuda"))):
@@ -188,7 +188,7 @@ def _cutlass_or_skip():
 
 
 def test_cutlass_sparse_products_match_dense_in_every_config():
-    from wandapp.bench.linear_sweep import make_operands, rel_error
+    from wandapp.sparse24.linear_sweep import make_operands, rel_error
 
     lib = _cutlass_or_skip()
     gen = torch.Generator("cuda").manual_seed(0)
@@ -206,8 +206,8 @@ def test_cutlass_sparse_products_match_dense_in_every_config():
 
 def test_model_on_cutlass_kernels_matches_dense_eager_and_compiled():
     from conftest import build_tiny_llama
-    from wandapp.bench.end_to_end import compiled_blocks, restore_dense_linears, swap_in_sparse_linears
-    from wandapp.bench.synthetic import prune_2of4_
+    from wandapp.sparse24.end_to_end import compiled_blocks, restore_dense_linears, swap_in_sparse_linears
+    from wandapp.sparse24.synthetic import prune_2of4_
 
     _cutlass_or_skip()
     model = prune_2of4_(build_tiny_llama().to("cuda", torch.float16)).eval()
@@ -230,8 +230,8 @@ def test_model_on_cutlass_kernels_matches_dense_eager_and_compiled():
 def test_end_to_end_alternating_graphs_replay_after_the_swap():
     # The dense graphs are replayed after the sparse modules went in, the compiled pair inside one compile context.
     from conftest import build_tiny_llama
-    from wandapp.bench.runner import end_to_end
-    from wandapp.bench.synthetic import prune_2of4_
+    from wandapp.sparse24.runner import end_to_end
+    from wandapp.sparse24.synthetic import prune_2of4_
 
     model = prune_2of4_(build_tiny_llama().to("cuda", torch.float16)).eval()
     rows = end_to_end(model, lambda o, i: (16, 0, 1, "sparseA+y_t"), torch.device("cuda"), ((1, 64), (2, 32)),

@@ -1,6 +1,5 @@
-"""benchmarks/ncu_table.py on the committed Nsight Compute reports of the H100 and H200 (no GPU needed)."""
+"""benchmarks/kernels/ncu_table.py on the committed Nsight Compute reports of the H100 and H200 (no GPU needed)."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -13,10 +12,9 @@ SHAPES = {"gateup": (22016, 4096), "down": (4096, 11008)}  # (out, in) of the pr
 
 @pytest.fixture(scope="module")
 def ncu_table():
-    spec = importlib.util.spec_from_file_location("ncu_table", ROOT / "benchmarks" / "ncu_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks.kernels import ncu_table
+
+    return ncu_table
 
 
 def test_both_report_kinds_are_read_and_labelled_by_product(ncu_table):
@@ -43,7 +41,7 @@ def test_wgmma_reads_are_the_fewest_the_warpgroup_tile_allows(ncu_table, report)
 
 
 def test_the_printed_metric_list_is_what_the_h200_reports_hold(ncu_table):
-    """benchmarks/ncu_smem_h200.sh asks ncu for RAW_METRICS; each committed report has a column for every one."""
+    """benchmarks/kernels/ncu_smem_h200.sh asks ncu for RAW_METRICS; each committed report has a column for every one."""
     for report in sorted(H200_REPORTS.glob("*_smem.csv")):
         header = next(iter(ncu_table.csv.reader([ncu_table._split(report)[1][0]])))
         assert set(ncu_table.RAW_METRICS.values()) <= set(header), report.name

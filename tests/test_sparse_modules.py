@@ -12,15 +12,15 @@ import torch
 from torch import nn
 
 from conftest import build_tiny_llama
-from wandapp.bench import cslt_ops, cutlass_ops
-from wandapp.bench.cusparselt import Layout
-from wandapp.bench.end_to_end import (compiled_blocks, has_sparse_modules, restore_dense_linears,
+from wandapp.sparse24 import cslt_ops, cutlass_ops
+from wandapp.sparse24.cusparselt import Layout
+from wandapp.sparse24.end_to_end import (compiled_blocks, has_sparse_modules, restore_dense_linears,
                                       swap_in_sparse_linears)
-from wandapp.bench.mlp_sweep import GatedMLP, MlpCase
-from wandapp.bench.sparse_linear import NEVER, SparseLinear
-from wandapp.bench.sparse_mlp import SparseGatedMLP, down_layouts, gate_up_layouts, is_gated_mlp
-from wandapp.bench.sparsity import random_2of4_
-from wandapp.bench.synthetic import prune_2of4_
+from wandapp.sparse24.mlp_sweep import GatedMLP, MlpCase
+from wandapp.sparse24.sparse_linear import NEVER, SparseLinear
+from wandapp.sparse24.sparse_mlp import SparseGatedMLP, down_layouts, gate_up_layouts, is_gated_mlp
+from wandapp.sparse24.sparsity import random_2of4_
+from wandapp.sparse24.synthetic import prune_2of4_
 
 LINEAR = lambda out_f, in_f: (16, 0, 1, "sparseB+y_t")  # noqa: E731  sparse from 16 tokens, a non-default layout
 FUSED = lambda hidden, inter: (16, (0, 1, "sparseA+y_t"), (0, 1, "sparseA+x_t+y_t"))  # noqa: E731
@@ -177,7 +177,7 @@ def test_compiled_blocks_trace_through_the_op_in_one_graph_and_match_eager(backe
 
 
 def test_unmasked_causal_attention_gives_the_masked_logits_and_restores_the_setting():
-    from wandapp.bench.end_to_end import unmasked_causal_attention
+    from wandapp.sparse24.end_to_end import unmasked_causal_attention
 
     model = build_tiny_llama(attn_implementation="sdpa").eval()
     ids = torch.randint(0, model.config.vocab_size, (2, 24))

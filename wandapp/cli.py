@@ -8,10 +8,11 @@ import logging
 import sys
 
 from . import __version__
+from .commands import optional_commands
 from .errors import WandappError
 
 # Each module defines register(subparsers) and sets `func` on its parser. Order is the order in --help.
-COMMANDS = ["convert", "calibrate", "prune", "ppl", "tasks", "lora", "bench", "export", "report"]
+COMMANDS = ["convert", "calibrate", "prune", "ppl", "tasks", "lora", "report"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # stage not built yet
             raise
         module.register(sub)
+    for pkg, name in optional_commands():
+        importlib.import_module(f"wandapp.{pkg}.commands.{name}").register(sub)
     return parser
 
 

@@ -12,6 +12,8 @@ import ast
 import hashlib
 from pathlib import Path
 
+from .commands import command_file
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 PACKAGE = PACKAGE_ROOT.name
 
@@ -82,13 +84,13 @@ def files_hash(paths: list[Path]) -> str:
 
 def stage_code_hash(command: str) -> str:
     """Hash of the source behind `wandapp COMMAND`; 'missing' while that command is not built yet."""
-    root = PACKAGE_ROOT / "commands" / f"{command}.py"
-    if not root.is_file():
+    root = command_file(command, PACKAGE_ROOT)
+    if root is None:
         return "missing"
     return files_hash(import_closure(root))
 
 
 def stage_files(command: str) -> list[str]:
     """The files `stage_code_hash` covers, relative to the package, for `--list-changes` style debugging."""
-    root = PACKAGE_ROOT / "commands" / f"{command}.py"
-    return [str(p.relative_to(PACKAGE_ROOT)) for p in import_closure(root)] if root.is_file() else []
+    root = command_file(command, PACKAGE_ROOT)
+    return [str(p.relative_to(PACKAGE_ROOT)) for p in import_closure(root)] if root is not None else []

@@ -23,7 +23,7 @@ METHODS = {
 
 # Named hyperparameter sets for Wanda++. "paper": the paper's defaults (tuned on LLaMA-7B).
 # "tuned": the best single change on WikiText-2 *validation* of a coordinate sweep on SmolLM2-135M at 2:4
-# (H100, 128 x 2048 C4; benchmarks/quality.py, results in benchmarks/results/). RO at the paper's 3e-7 barely
+# (H100, 128 x 2048 C4; benchmarks/pruning/quality.py, results in benchmarks/results/). RO at the paper's 3e-7 barely
 # moves a 135M model's weights; 3e-4 gave validation ppl 66.7 against 281 for the paper's defaults.
 # "tuned-long": tuned, with RO on every calibration sample each round (M = 128; fewer if there are fewer):
 # validation 55.0 at 2:4, better at 50% and 4:8 too, for about 1.7x tuned's prune time.

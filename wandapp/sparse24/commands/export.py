@@ -1,0 +1,25 @@
+"""`wandapp export`: write a 2:4 pruned model as a compressed-tensors sparse-24-bitmask checkpoint."""
+
+from __future__ import annotations
+
+from ...commands.common import add_folder_output, rewrite_model
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a 2:4 pruned model to the compressed-tensors sparse-24-bitmask format (for pinned vLLM)",
+        description="Write a checkpoint that vLLM versions with 2:4 support load (see envs/vllm.yaml). Every "
+        "prunable linear must be exactly 2:4; nothing is re-pruned.",
+    )
+    p.add_argument("--model", required=True, help="2:4 pruned model (folder, hub id, .gguf)")
+    p.add_argument("--format", default="sparse-24-bitmask", choices=["sparse-24-bitmask"])
+    p.add_argument("--dtype", default="float16", help="weight dtype written (default float16)")
+    add_folder_output(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    from ..export import export_sparse24
+
+    rewrite_model(args, export_sparse24)
