@@ -37,22 +37,26 @@ def read_json(path: str | os.PathLike) -> Any:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path` in one rename.
 
-    An interrupted run leaves only a hidden `.NAME.tmp-*` folder, never a `path` that looks finished.
+    An interrupted run leaves only a hidden `.NAME.tmp-*` folder, never a `path` that looks finished. An existing
+    `path` is moved aside first (`.NAME.old-PID`) and put back if the second rename fails; a kill between the two
+    renames leaves no `path` and the previous output in `.NAME.old-PID`.
     """
     path = Path(path)
     tmp = _tmp_sibling(path)
+    old = None
     try:
         yield tmp
-        old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
         os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists() and not path.exists():  # failed between the renames: put it back
+            os.replace(old, path)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
