@@ -162,3 +162,38 @@ def test_prune_killed_by_sigkill_keeps_the_previous_output(tiny_llama_dir, data_
         assert tree(old) == before
     (new,) = [p for p in tmp_path.iterdir() if p.name.startswith(".pruned.tmp-")]
     assert {"prune_report.json", "config.json"} <= set(tree(new))  # the new output was complete, never published
+
+
+@pytest.mark.parametrize("crash", [True, False])
+def test_bench_keeps_partial_results_off_its_final_path(tmp_path, monkeypatch, crash):
+    """`wandapp bench` saves the linear tables before the end-to-end part; they go to a hidden .NAME.partial, so a
+    crash there leaves no finished-looking bench.json, and a finished run leaves only bench.json."""
+    import torch
+
+    from wandapp import models
+    from wandapp.cli import main
+    from wandapp.sparse24 import runner
+
+    def run_bench(model, shapes, device, on_partial=None, **kwargs):
+        on_partial({"linear": [{"shape": [8, 8]}]})
+        assert not out.exists()
+        if crash:
+            raise RuntimeError("end-to-end part crashed")
+        return {"linear": [{"shape": [8, 8]}], "end_to_end": {}}
+
+    out = tmp_path / "bench.json"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cusparselt, "is_available", lambda: True)
+    monkeypatch.setattr(models, "resolve_model", lambda spec: spec)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: (None, None))
+    monkeypatch.setattr(runner, "model_shapes", lambda model: [])
+    monkeypatch.setattr(runner, "run_bench", run_bench)
+    args = ["bench", "--model", "m", "--device", "cuda", "--cutlass", "off", "--output", str(out)]
+    if crash:
+        with pytest.raises(RuntimeError, match="crashed"):
+            main(args)
+        assert not out.exists()
+        assert (tmp_path / ".bench.json.partial").read_text().startswith('{\n  "linear"')
+    else:
+        assert main(args) == 0
+        assert '"end_to_end"' in out.read_text() and entries(tmp_path) == ["bench.json"]
