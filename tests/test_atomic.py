@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from wandapp.io import atomic_dir, atomic_file, write_json
+from wandapp.io import MARKER, atomic_dir, atomic_file, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,9 @@ def entries(folder: Path) -> list[str]:
 
 
 def tree(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Files under `folder` and their bytes, wandapp's output marker left out."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MARKER}
 
 
 # ---------------------------------------------------------------- atomic_file
@@ -59,6 +61,7 @@ def test_atomic_dir_replaces_an_existing_output(tmp_path):
     target = tmp_path / "model"
     target.mkdir()
     (target / "old.bin").write_text("old")
+    (target / MARKER).write_text("")  # written by an earlier wandapp run: replaceable
     with atomic_dir(target) as tmp:
         (tmp / "new.bin").write_text("new")
         assert tree(target) == {"old.bin": b"old"}
@@ -71,6 +74,7 @@ def test_atomic_dir_failure_between_the_renames_puts_the_old_output_back(tmp_pat
     target = tmp_path / "model"
     target.mkdir()
     (target / "old.bin").write_text("old")
+    (target / MARKER).write_text("")  # written by an earlier wandapp run: replaceable
     real, calls = os.replace, []
 
     def replace(src, dst):
@@ -112,6 +116,7 @@ def test_kill_between_the_two_renames_leaves_nothing_that_looks_finished(tmp_pat
     target = tmp_path / "out" / "model"
     target.mkdir(parents=True)
     (target / "old.bin").write_text("old")
+    (target / MARKER).write_text("")  # written by an earlier wandapp run: replaceable
     proc = run_killed(tmp_path, "str(dst) == target", """
         from wandapp.io import atomic_dir
         with atomic_dir(target) as tmp:
@@ -146,6 +151,7 @@ def test_prune_killed_by_sigkill_keeps_the_previous_output(tiny_llama_dir, data_
     target = tmp_path / "pruned"
     target.mkdir()
     (target / "prune_report.json").write_text('{"previous": true}')
+    (target / MARKER).write_text("")  # a previous wandapp output, which a new run may replace
     before = tree(target)
     condition = "str(src) == target" if kill_at == "first rename" else "str(dst) == target"
     proc = run_killed(tmp_path, condition, """
@@ -165,7 +171,7 @@ def test_prune_killed_by_sigkill_keeps_the_previous_output(tiny_llama_dir, data_
 
 
 @pytest.mark.parametrize("crash", [True, False])
-def test_bench_keeps_partial_results_off_its_final_path(tmp_path, monkeypatch, crash):
+def test_bench_keeps_partial_results_off_its_final_path(tiny_llama_dir, tmp_path, monkeypatch, crash):
     """`wandapp bench` saves the linear tables before the end-to-end part; they go to a hidden .NAME.partial, so a
     crash there leaves no finished-looking bench.json, and a finished run leaves only bench.json."""
     import torch
@@ -184,11 +190,10 @@ def test_bench_keeps_partial_results_off_its_final_path(tmp_path, monkeypatch, c
     out = tmp_path / "bench.json"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.backends.cusparselt, "is_available", lambda: True)
-    monkeypatch.setattr(models, "resolve_model", lambda spec: spec)
     monkeypatch.setattr(models, "load_model", lambda *a, **k: (None, None))
     monkeypatch.setattr(runner, "model_shapes", lambda model: [])
     monkeypatch.setattr(runner, "run_bench", run_bench)
-    args = ["bench", "--model", "m", "--device", "cuda", "--cutlass", "off", "--output", str(out)]
+    args = ["bench", "--model", str(tiny_llama_dir), "--device", "cuda", "--cutlass", "off", "--output", str(out)]
     if crash:
         with pytest.raises(RuntimeError, match="crashed"):
             main(args)

@@ -1,5 +1,7 @@
 """The cuSPARSELt operand descriptions: every Layout must describe y = x @ W^T exactly (checked by emulation)."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -60,4 +62,37 @@ def test_a_missing_library_override_is_named_in_the_error(monkeypatch, tmp_path)
 
     monkeypatch.setenv(cusparselt.LIBRARY_ENV, str(tmp_path / "libcusparseLt.so.0"))
     with pytest.raises(OSError, match="WANDAPP_CUSPARSELT=.*no such file"):
+        cusparselt._load_library()
+
+
+def test_the_library_is_never_taken_from_the_current_directory(monkeypatch, tmp_path):
+    """An empty sys.path entry is the current directory: a libcusparseLt planted there must not be loaded."""
+    import ctypes
+    import sys
+
+    from wandapp.sparse24 import cusparselt
+
+    for folder in (tmp_path, tmp_path / "nvidia" / "cusparselt" / "lib", tmp_path / "lib"):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "libcusparseLt.so.0").write_text("planted")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", ["", str(tmp_path), *sys.path])
+    monkeypatch.setenv("LD_LIBRARY_PATH", f":{tmp_path}")
+    monkeypatch.delenv(cusparselt.LIBRARY_ENV, raising=False)
+    monkeypatch.setattr(cusparselt, "_loaded_library", lambda: None)
+    tried = []
+
+    def fake_cdll(path, *args, **kwargs):
+        tried.append(str(path))
+        raise OSError("not loading in a test")
+
+    monkeypatch.setattr(ctypes, "CDLL", fake_cdll)
+    assert all(not d.startswith(str(tmp_path)) for d in cusparselt.library_dirs())
+    try:
+        cusparselt._load_library()
+    except OSError:
+        pass
+    assert tried == [p for p in tried if os.path.isabs(p) and not p.startswith(str(tmp_path))], tried
+    monkeypatch.setenv(cusparselt.LIBRARY_ENV, "libcusparseLt.so.0")  # a relative override is not a path to trust
+    with pytest.raises(OSError, match="absolute path"):
         cusparselt._load_library()

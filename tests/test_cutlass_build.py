@@ -67,10 +67,36 @@ def test_build_library_compiles_once_and_caches(tmp_path, monkeypatch):
     compiles = [line for line in log.read_text().splitlines() if " -c " in line]
     assert len(compiles) == cs.CONFIG_COUNT + 1
     assert any("-shared" in line and "-lcudart_static" in line for line in log.read_text().splitlines())
-    assert list(lib.parent.iterdir()) == [lib]  # no object files or half-built library left beside it
+    # no object files or half-built library beside it; the manifest records what it was built from
+    assert sorted(lib.parent.iterdir()) == sorted([lib, lib.with_name(cs.MANIFEST)])
     calls = len(log.read_text().splitlines())
     assert cs.build_library(tmp_path / "cache") == lib
     assert len(log.read_text().splitlines()) == calls + 1  # only `nvcc --version`, for the cache key
+
+
+def test_a_cached_library_that_differs_from_its_record_is_rebuilt(tmp_path, monkeypatch):
+    import json
+
+    nvcc, cutlass, log = _fake_toolchain(tmp_path)
+    monkeypatch.setenv("CUDACXX", str(nvcc))
+    monkeypatch.setenv("CUTLASS_PATH", str(cutlass))
+    builds = lambda: sum("-shared" in line for line in log.read_text().splitlines())  # noqa: E731
+    lib = cs.build_library(tmp_path / "cache")
+    record = json.loads(lib.with_name(cs.MANIFEST).read_text())
+    assert record["source_sha256"] == __import__("hashlib").sha256(cs.SOURCE.read_bytes()).hexdigest()
+    assert any("-gencode=arch=compute_90a,code=sm_90a" in cmd for cmd in record["commands"])
+    assert builds() == 1
+    lib.write_text("someone else's code\n")  # swapped or damaged in the cache: its bytes no longer match
+    assert cs.build_library(tmp_path / "cache") == lib and lib.read_text() == "built\n" and builds() == 2
+    lib.with_name(cs.MANIFEST).unlink()  # a library without its record (e.g. an older wandapp's) is not trusted
+    assert cs.build_library(tmp_path / "cache") == lib and builds() == 3
+    # other build flags: a new record and key, so a new build
+    original = cs.compile_commands
+    monkeypatch.setattr(cs, "compile_commands", lambda *a: [[*cmd[:1], "-G", *cmd[1:]] for cmd in original(*a)])
+    other = cs.build_library(tmp_path / "cache")
+    assert other != lib and builds() == 4
+    assert json.loads(other.with_name(cs.MANIFEST).read_text())["key"] != record["key"]
+    assert cs.build_library(tmp_path / "cache") == other and builds() == 4  # and that one is reused
 
 
 @pytest.mark.parametrize("fail_on, message", [("WANDAPP_CONFIG=3", "nvcc failed on -DWANDAPP_CONFIG=3 .*boom"),

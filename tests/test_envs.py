@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -23,17 +25,54 @@ def _pip_requirements(env_file: Path) -> dict[str, str]:
     return {_name(r): r.split("#")[0].replace(" ", "") for r in pip}
 
 
-def _pyproject_requirements() -> dict[str, str]:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return {_name(r): r.replace(" ", "") for r in project["dependencies"]}
+# The rules' conda env holds what the rules run: core and these extras ([test] and [sparse24] are not for rules).
+CORE_ENV_EXTRAS = ("eval", "workflow", "report")
+
+
+def _project() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+def _pyproject_requirements(extras: tuple[str, ...] = ()) -> dict[str, str]:
+    project = _project()
+    requirements = project["dependencies"] + [r for e in extras for r in project["optional-dependencies"][e]]
+    return {_name(r): r.replace(" ", "") for r in requirements}
 
 
 def test_core_env_matches_pyproject():
     env = _pip_requirements(REPO / "envs" / "core.yaml")
-    project = _pyproject_requirements()
+    project = _pyproject_requirements(CORE_ENV_EXTRAS)
     assert set(env) - SETUP_EXTRAS == set(project), "envs/core.yaml and pyproject.toml list different packages"
     for name, requirement in project.items():
         assert env[name] == requirement, f"{name}: envs/core.yaml has {env[name]!r}, pyproject has {requirement!r}"
+
+
+def test_extras_split_the_dependencies():
+    """Core is the pruning suite's minimum; the heavy or optional libraries live in the extras that need them, and
+    scripts/setup.sh installs every extra (so the README's set-up is unchanged)."""
+    project = _project()
+    core = set(_pyproject_requirements())
+    assert {"torch", "transformers", "safetensors", "gguf", "tqdm"} <= core
+    assert not core & {"pandas", "matplotlib", "lm-eval", "peft", "snakemake", "nvidia-cutlass"}
+    extras = project["optional-dependencies"]
+    assert {"eval", "workflow", "report", "sparse24", "test"} <= set(extras)
+    assert {"lm-eval", "peft"} <= {_name(r) for r in extras["eval"]}
+    assert {"snakemake", "snakemake-executor-plugin-slurm"} <= {_name(r) for r in extras["workflow"]}
+    assert {"pandas", "matplotlib"} <= {_name(r) for r in extras["report"]}
+    assert "ruff" in {_name(r) for r in extras["test"]}
+    setup = (REPO / "scripts" / "setup.sh").read_text()
+    installed = re.search(r'pip install -e "\.\[\$\{WANDAPP_EXTRAS:-([a-z0-9,]+)\}\]"', setup)
+    assert installed and set(installed[1].split(",")) == set(extras), "setup.sh must install every extra"
+
+
+def test_core_modules_import_no_extra():
+    """The pruning core loads without the extras' libraries: a walker import pulls in no pandas, lm-eval, peft,
+    matplotlib, snakemake or the 2:4 kernel lab."""
+    code = ("import sys, wandapp.walker, wandapp.methods, wandapp.models, wandapp.data, wandapp.cli; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} | {m for m in sys.modules if 'sparse24' in m}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    loaded = set(eval(out))
+    assert not loaded & {"pandas", "lm_eval", "peft", "matplotlib", "snakemake", "wandapp.sparse24"}, loaded
 
 
 def test_core_env_python_matches_requires_python():

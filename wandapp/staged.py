@@ -43,7 +43,7 @@ def prune_in_stages(ctx: BlockContext, block: nn.Module, parts: BlockParts, make
                     outputs: bool, samples) -> torch.Tensor | None:
     """BlockContext.prune_in_order for a block that splits into `parts`."""
     qkv, o, gate_up, down = ctx.groups
-    dtype, store, device = ctx._dtype(block), ctx.inputs.device, ctx.device
+    dtype, store, device = ctx.dtype_of(block), ctx.inputs.device, ctx.device
     linear = block.get_submodule
 
     def inputs():  # converted batch by batch, twice, rather than held as a second copy of all inputs

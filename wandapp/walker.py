@@ -124,7 +124,7 @@ class BlockContext:
             yield self.inputs[idx[s : s + size]].to(self.device, non_blocking=True)
 
     def run(self, x: torch.Tensor, block: nn.Module | None = None) -> torch.Tensor:
-        dtype = self._dtype(block)
+        dtype = self.dtype_of(block)
         return block_output((block or self.block)(x.to(dtype), **self.kwargs_for(dtype)))
 
     def kwargs_for(self, dtype: torch.dtype) -> dict:
@@ -135,13 +135,14 @@ class BlockContext:
                 self.kwargs, lambda t: t.to(dtype) if t.is_floating_point() else t)
         return self._kwargs_by_dtype[dtype]
 
-    def _dtype(self, block: nn.Module | None) -> torch.dtype:
+    def dtype_of(self, block: nn.Module | None = None) -> torch.dtype:
+        """The dtype `block` (default: this block) computes in: that of its parameters."""
         return next((block or self.block).parameters()).dtype
 
     def _stages_match(self, block: nn.Module, parts: BlockParts) -> bool:
         """Does ln1 -> attention -> residual -> ln2 -> MLP -> residual reproduce the block? Checked on one sample."""
         if self._stages_ok is None:
-            x = self.inputs[:1].to(self.device).to(self._dtype(block))
+            x = self.inputs[:1].to(self.device).to(self.dtype_of(block))
             ref = self.run(x, block).float()
             staged = staged_forward(self, parts, x).float()
             self._stages_ok = bool((staged - ref).norm() <= 1e-3 * ref.norm())

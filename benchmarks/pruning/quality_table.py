@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-from wandapp.methods import PRESETS
+from wandapp.methods import METHODS, PRESETS
 
 
 def named_preset(row: dict) -> str | None:
@@ -30,8 +30,7 @@ def main(paths: list[str]) -> None:
         if preset is not None:  # other settings are sweep points: second table
             cells[(r["method"] + (f" ({preset})" if preset != "paper" else ""), r["sparsity"])] = r
     sparsities = ["0.5", "2:4", "4:8"]
-    labels = ["dense", "magnitude", "wanda", "sparsegpt", "wanda++-rgs", "wanda++-ro", "wanda++",
-              *[f"wanda++ ({name})" for name in PRESETS if name != "paper"]]
+    labels = ["dense", *METHODS, *[f"wanda++ ({name})" for name in PRESETS if name != "paper"]]
 
     def mark(r):
         return f" [{r['file']}]" if r["file"] > 1 else ""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_data_option
+from .common import add_data_option, add_file_output
 
 
 def add_calibration_options(p) -> None:
@@ -22,38 +22,52 @@ def register(sub) -> None:
                                    "FILE.safetensors` then reuses them for every method and sparsity.")
     p.add_argument("--model", required=True, help="model whose tokenizer to use (hub id, folder, .gguf, 'smollm2')")
     add_calibration_options(p)
-    p.add_argument("--output", required=True, help="output .safetensors file (written atomically)")
+    add_file_output(p, "output .safetensors file")
     p.set_defaults(func=run)
 
 
-def check_calibration_source(args) -> None:
-    """Fail on a bad data folder or calibration source before anything slow (model loading) starts."""
+def check_calibration_options(args, source=None) -> None:
+    """Fail on a bad option, data folder or calibration file before anything slow (model loading) starts; a
+    cached file's token ids are checked against the vocabulary in `source`'s config."""
     from pathlib import Path
 
-    from ..data import data_root
+    from ..data import calibration_file_text, data_root, load_calibration
     from ..errors import DataError
+    from .common import require_at_least
 
+    require_at_least(args, nsamples=1, seqlen=2)
     if args.calibration in ("c4", "wikitext2"):
         data_root(args.data_dir)
-    elif not Path(args.calibration).expanduser().is_file():
+        return
+    path = Path(args.calibration).expanduser()
+    if not path.is_file():
         raise DataError(f"unknown calibration source {args.calibration!r}: not c4, wikitext2 or an existing file")
+    if path.suffix == ".safetensors":
+        from ..data import check_token_ids
+        from ..models import vocab_size
+
+        ids, _ = load_calibration(path)
+        if source is not None:
+            check_token_ids(ids, vocab_size(source), path)
+    else:
+        calibration_file_text(path)
 
 
-def calibration_ids(args, tokenizer):
-    """Token windows for prune/calibrate: from a cached file or sampled now."""
-    import torch
+check_calibration_source = check_calibration_options  # the name prune used before
 
-    from ..data import calibration_windows, data_root, load_calibration
-    from ..errors import WandappError
+
+def calibration_ids(args, tokenizer, vocab_size: int | None = None):
+    """Token windows for prune/calibrate: from a cached file or sampled now; ids checked against vocab_size."""
+    from ..data import calibration_windows, check_token_ids, data_root, load_calibration
 
     if args.calibration.endswith(".safetensors"):
         ids, meta = load_calibration(args.calibration)
-        if ids.dim() != 2 or ids.dtype != torch.long:
-            raise WandappError(f"{args.calibration}: input_ids must be a 2-D int64 tensor")
+        check_token_ids(ids, vocab_size, args.calibration)
         return ids, {"source": meta.get("source", args.calibration), "file": args.calibration,
                      "nsamples": ids.shape[0], "seqlen": ids.shape[1], "seed": meta.get("seed")}
     ids = calibration_windows(args.calibration, tokenizer, args.nsamples, args.seqlen, args.seed,
                               data_root(args.data_dir))
+    check_token_ids(ids, vocab_size, f"calibration {args.calibration} tokenized by the model's tokenizer")
     return ids, {"source": args.calibration, "nsamples": args.nsamples, "seqlen": args.seqlen, "seed": args.seed}
 
 
@@ -61,8 +75,12 @@ def run(args) -> None:
     from ..data import save_calibration
     from ..models import load_tokenizer
 
-    check_calibration_source(args)
-    tokenizer = load_tokenizer(args.model)
+    from ..models import resolve_model
+    from .common import check_output
+
+    check_output(args, folder=False)
+    check_calibration_options(args)
+    tokenizer = load_tokenizer(resolve_model(args.model, allow_pickle=True))  # no weights are loaded
     ids, meta = calibration_ids(args, tokenizer)
     save_calibration(args.output, ids, {**meta, "tokenizer": args.model})
     print(f"wrote {ids.shape[0]} x {ids.shape[1]} calibration tokens to {args.output}")

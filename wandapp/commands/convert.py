@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_folder_output, rewrite_model
+from .common import add_folder_output, add_pickle_option, rewrite_model
 
 
 def register(sub) -> None:
@@ -14,6 +14,7 @@ def register(sub) -> None:
     )
     p.add_argument("--model", required=True, help="hub id, save_pretrained folder, .gguf file, or 'smollm2'")
     p.add_argument("--dtype", default="float32", help="weight dtype of the saved folder (default float32)")
+    add_pickle_option(p)
     add_folder_output(p)
     p.set_defaults(func=run)
 

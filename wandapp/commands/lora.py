@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .common import add_data_option, add_folder_output, add_model_options, device_and_dtype
+from .common import (add_data_option, add_folder_output, add_model_options, check_model, check_output, device_and_dtype,
+                     require_at_least)
 
 
 def register(sub) -> None:
@@ -51,6 +52,9 @@ def run(args) -> None:
     from ..models import load_model, save_model
     from ..runinfo import measured, versions
 
+    check_output(args, folder=True)
+    require_at_least(args, steps=1, seqlen=2, batch_size=1, grad_accum=1, lr=0, warmup_steps=0, rank=1, alpha=1,
+                     dropout=0, eval_windows=0)
     device, dtype = device_and_dtype(args)
     settings = LoraSettings(
         steps=args.steps, seqlen=args.seqlen, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
@@ -58,9 +62,9 @@ def run(args) -> None:
         targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()), seed=args.seed)
     root = data_root(args.data_dir)
     documents = c4_train_documents(root)  # fail on missing data before loading the model
-    model, tokenizer = load_model(args.model, dtype, device)
+    model, tokenizer = load_model(check_model(args), dtype, device)
     held_out, label = eval_tokens("c4", tokenizer, root) if args.eval_windows > 0 else (None, None)
-    with atomic_dir(args.output) as tmp:
+    with atomic_dir(args.output, overwrite=args.overwrite) as tmp:
         with measured(device) as info:
             merged, report = recover(model, tokenizer, documents, settings, device, held_out, args.eval_windows,
                                      tmp / "adapter" if args.keep_adapter else None)

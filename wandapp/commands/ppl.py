@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .common import add_data_option, add_model_options, device_and_dtype
+from .common import (add_data_option, add_file_output, add_model_options, check_model, check_output, device_and_dtype,
+                     require_at_least)
 
 
 def register(sub) -> None:
@@ -16,12 +17,13 @@ def register(sub) -> None:
     p.add_argument("--split", default="test", choices=["test", "validation"],
                    help="WikiText-2 split (default test; tune on validation)")
     p.add_argument("--seqlen", type=int, default=2048, help="window length in tokens (default 2048)")
-    p.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows (quick runs)")
+    p.add_argument("--max-windows", type=int, default=None,
+                   help="evaluate only the first N >= 1 windows (quick runs; default: all)")
     p.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default 1)")
     p.add_argument("--offload", action="store_true",
                    help="run block by block with one block on the device (models larger than the accelerator)")
     add_data_option(p)
-    p.add_argument("--output", required=True, help="results JSON (written atomically)")
+    add_file_output(p, "results JSON")
     p.set_defaults(func=run)
 
 
@@ -32,9 +34,11 @@ def run(args) -> None:
     from ..models import load_model
     from ..runinfo import measured, versions
 
+    check_output(args, folder=False)
+    require_at_least(args, seqlen=2, batch_size=1, max_windows=1)
     device, dtype = device_and_dtype(args)
     root = data_root(args.data_dir)  # fail on a bad folder before loading the model
-    model, tokenizer = load_model(args.model, dtype, "cpu")
+    model, tokenizer = load_model(check_model(args), dtype, "cpu")
     tokens, label = eval_tokens(args.dataset, tokenizer, root, args.split)
     with measured(device) as info:
         result = perplexity(model, tokens, args.seqlen, device, args.max_windows, args.batch_size, args.offload)

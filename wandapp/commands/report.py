@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -19,6 +21,13 @@ def register(sub) -> None:
 def run(args) -> None:
     from ..report import collect, write_report
 
+    from ..errors import WandappError
+    from ..io import check_output
+
+    # The folder gets fixed file names (summary.*, figures); other files in it are left alone.
+    check_output(args.output, folder=True, overwrite=True)
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise WandappError(f"--output {args.output} is a file; name a folder")
     table = collect(args.results)
     for path in write_report(table, args.output):
         print(path)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .common import add_data_option, add_model_options, device_and_dtype
+from .common import (add_data_option, add_file_output, add_model_options, check_model, check_output, device_and_dtype,
+                     require_at_least)
 
 DEFAULT_TASKS = "boolq,rte,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa"
 
@@ -27,25 +28,24 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
     add_data_option(p)
     p.add_argument("--seed", type=int, default=0, help="seed for few-shot sampling (default 0)")
-    p.add_argument("--output", required=True, help="JSON file to write (replaced atomically)")
+    add_file_output(p, "JSON file to write")
     p.set_defaults(func=run)
 
 
 def run(args) -> None:
     from ..data import data_root
-    from ..errors import WandappError
     from ..evaluate.tasks import check_tasks, evaluate_tasks, parse_task_list
     from ..io import write_json
     from ..models import load_model
     from ..runinfo import measured, versions
 
-    if args.batch_size < 1 or args.num_fewshot < 0:
-        raise WandappError("--batch-size must be >= 1 and --num-fewshot >= 0")
+    check_output(args, folder=False)
+    require_at_least(args, batch_size=1, num_fewshot=0, limit=1)
     device, dtype = device_and_dtype(args)
     tasks = parse_task_list(args.tasks)
     root = data_root(args.data_dir)
     check_tasks(tasks, root)  # before the (possibly long) model load
-    model, tokenizer = load_model(args.model, dtype, device)
+    model, tokenizer = load_model(check_model(args), dtype, device)
     with measured(device) as info:
         result = evaluate_tasks(
             model, tokenizer, tasks, root=root, num_fewshot=args.num_fewshot, limit=args.limit,

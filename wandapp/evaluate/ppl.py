@@ -17,7 +17,7 @@ from ..walker import on_device, walk_blocks
 
 def windows(tokens: torch.Tensor, seqlen: int, max_windows: int | None = None) -> torch.Tensor:
     n = tokens.numel() // seqlen
-    if max_windows:
+    if max_windows is not None:
         n = min(n, max_windows)
     if n == 0:
         raise WandappError(f"evaluation text has {tokens.numel()} tokens, fewer than one window of {seqlen}")

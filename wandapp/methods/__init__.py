@@ -1,66 +1,110 @@
-"""Pruning methods: small strategies that the one block-walker drives."""
+"""Pruning methods: small strategies that the one block-walker drives (see base.py for the interface)."""
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import MISSING, dataclass, fields
 
 from ..errors import WandappError
 from ..masks import SparsityPattern
 from .magnitude import Magnitude
 from .sparsegpt import SparseGPT
 from .wanda import Wanda
-from .wanda_plus_plus import WandaPlusPlus
+from .wanda_plus_plus import PRESETS, WandaPlusPlus  # noqa: F401  (PRESETS: Wanda++'s, kept importable here)
 
-# name -> (class, fixed settings that define the variant)
+# name -> (class, fixed settings that define the variant). The one list of methods: the CLI's choices, the
+# schema's enum and the report's order (and colours) follow it.
 METHODS = {
     "magnitude": (Magnitude, {}),
     "wanda": (Wanda, {}),
     "sparsegpt": (SparseGPT, {}),
-    "wanda++": (WandaPlusPlus, {}),
     "wanda++-rgs": (WandaPlusPlus, {"ro": False}),
     "wanda++-ro": (WandaPlusPlus, {"rgs": False}),
+    "wanda++": (WandaPlusPlus, {}),
 }
 
-# Named hyperparameter sets for Wanda++. "paper": the paper's defaults (tuned on LLaMA-7B).
-# "tuned": the best single change on WikiText-2 *validation* of a coordinate sweep on SmolLM2-135M at 2:4
-# (H100, 128 x 2048 C4; benchmarks/pruning/quality.py, results in benchmarks/results/). RO at the paper's 3e-7 barely
-# moves a 135M model's weights; 3e-4 gave validation ppl 66.7 against 281 for the paper's defaults.
-# "tuned-long": tuned, with RO on every calibration sample each round (M = 128; fewer if there are fewer):
-# validation 55.0 at 2:4, better at 50% and 4:8 too, for about 1.7x tuned's prune time.
-PRESETS: dict[str, dict] = {
-    "paper": {},
-    "tuned": {"ro_lr": 3e-4},
-    "tuned-long": {"ro_lr": 3e-4, "ro_samples": 128},
-}
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One hyperparameter as the CLI and the schema see it: the union over the methods that declare it."""
+
+    name: str
+    type: type
+    default: object
+    help: str
+    rules: dict  # choices, minimum, exclusive_minimum
+    families: tuple[str, ...]  # the methods that take it, by family name
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def description(self) -> str:
+        default = "" if self.type is bool else f" (default {self.default})"
+        return f"{', '.join(self.families)}: {self.help}{default}"
 
 
 def method_names() -> list[str]:
     return list(METHODS)
 
 
+def preset_names() -> list[str]:
+    names = ["paper"]
+    for cls in _classes():
+        names += [p for p in cls.presets if p not in names]
+    return names
+
+
 def hyperparameter_names(method: str) -> list[str]:
     cls, fixed = _lookup(method)
-    return [f.name for f in fields(cls) if f.name not in ("pattern", *fixed)]
+    return [f.name for f in cls.hyperparameter_fields() if f.name not in fixed]
 
 
-def build_method(method: str, pattern: SparsityPattern, preset: str = "paper", **hyper):
-    """Instantiate a method; unknown names, presets and hyperparameters are one-line errors."""
+def hyperparameter_table() -> dict[str, Hyperparameter]:
+    """Every method's hyperparameters by field name, in declaration order. Two methods may share a name only with
+    the same type (one flag serves both)."""
+    table: dict[str, Hyperparameter] = {}
+    for cls in _classes():
+        family, types = cls.family or cls.name, cls.field_types()
+        for f in cls.hyperparameter_fields():
+            default = f.default if f.default is not MISSING else None
+            if f.name not in table:
+                rules = {k: v for k, v in f.metadata.items() if k != "help"}
+                table[f.name] = Hyperparameter(f.name, types[f.name], default, f.metadata["help"], rules, (family,))
+                continue
+            known = table[f.name]
+            if known.type is not types[f.name]:
+                raise TypeError(f"{cls.__name__}.{f.name} is {types[f.name].__name__}; another method declares it "
+                                f"{known.type.__name__}")
+            table[f.name] = Hyperparameter(**{**known.__dict__, "families": (*known.families, family)})
+    return table
+
+
+def build_method(method: str, pattern: SparsityPattern, preset: str = "paper", seed: int | None = None, **hyper):
+    """Instantiate a method; unknown names, presets and hyperparameters are one-line errors. Hyperparameters
+    given as None are left at the preset's (or default) value; `seed` goes to methods that draw samples."""
     cls, fixed = _lookup(method)
-    if preset not in PRESETS:
-        raise WandappError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if preset != "paper" and preset not in cls.presets:
+        offered = ", ".join(["paper", *[p for p in cls.presets if p != "paper"]])
+        raise WandappError(f"method {method} has no preset {preset!r}; choose one of {offered}")
     allowed = set(hyperparameter_names(method))
-    settings = dict(PRESETS[preset]) if cls is WandaPlusPlus else {}
+    settings = dict(cls.presets.get(preset, {}))
     for key, value in hyper.items():
         if value is None:
             continue
         if key not in allowed:
             raise WandappError(f"method {method} has no hyperparameter {key!r}")
         settings[key] = value
-    settings = {k: v for k, v in settings.items() if k in allowed}
+    if seed is not None and "seed" in {f.name for f in fields(cls)}:
+        settings["seed"] = seed
     try:
         return cls(pattern=pattern, **settings, **fixed)
     except ValueError as e:
         raise WandappError(str(e)) from None
+
+
+def _classes() -> list[type]:
+    return list(dict.fromkeys(cls for cls, _ in METHODS.values()))
 
 
 def _lookup(method: str):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..masks import SparsityPattern, apply_mask
-from .base import LayerwiseMethod
+from .base import LayerwiseMethod, hyperparameter
 from .stats import Hessian
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,8 @@ def sparsegpt_prune(weight: torch.Tensor, H: torch.Tensor, pattern: SparsityPatt
 class SparseGPT(LayerwiseMethod):
     name = "sparsegpt"
     stat = Hessian
-    blocksize: int = 128
-    percdamp: float = 0.01
+    blocksize: int = hyperparameter(128, "columns per lazy-update block", minimum=1)
+    percdamp: float = hyperparameter(0.01, "Hessian damping as a fraction of its mean diagonal", exclusive_minimum=0)
 
     def prune_linear(self, linear, stat: Hessian) -> None:
         W, mask = sparsegpt_prune(linear.weight, stat.H, self.pattern, self.blocksize, self.percdamp)

@@ -142,23 +142,51 @@ class _Opaque:
 LIBRARY_ENV = "WANDAPP_CUSPARSELT"  # path of another libcusparseLt.so to use instead of torch's
 
 
+def library_dirs() -> list[str]:
+    """The installed packages' own folders that may hold libcusparseLt: torch's lib/ and the nvidia-cusparselt
+    wheel beside torch (or in this interpreter's site-packages). Never sys.path at large: an empty entry there is
+    the current directory, and a library found there would run its code in this process."""
+    torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
+    site_dirs = [os.path.dirname(torch_dir)]
+    try:
+        import site
+
+        site_dirs += [*site.getsitepackages(), site.getusersitepackages()]
+    except AttributeError:  # some embedded interpreters lack site.getsitepackages
+        pass
+    dirs = [os.path.join(torch_dir, "lib")] + [os.path.join(d, "nvidia", "cusparselt", "lib") for d in site_dirs]
+    return list(dict.fromkeys(d for d in dirs if os.path.isabs(d) and os.path.isdir(d)))
+
+
+def _loaded_library() -> str | None:
+    """The libcusparseLt that torch already mapped into this process, by its full path (Linux)."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split(maxsplit=5)[-1].strip()
+                if os.path.basename(path).startswith("libcusparseLt.so") and os.path.isabs(path):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
 def _load_library() -> ctypes.CDLL:
+    """From an explicit path ($WANDAPP_CUSPARSELT), the copy torch loaded, or the installed packages' folders."""
     override = os.environ.get(LIBRARY_ENV)
     if override:
-        if not os.path.isfile(override):
-            raise OSError(f"{LIBRARY_ENV}={override}: no such file")
+        if not os.path.isabs(override) or not os.path.isfile(override):
+            raise OSError(f"{LIBRARY_ENV}={override}: no such file (give an absolute path)")
         return ctypes.CDLL(override)  # loaded beside torch's copy; its symbols stay local to this handle
-    for name in ("libcusparseLt.so.0", "libcusparseLt.so"):
-        try:
-            return ctypes.CDLL(name)  # torch has usually loaded it already
-        except OSError:
-            pass
-    roots = [os.path.dirname(torch.__file__), *[os.path.join(p, "nvidia") for p in __import__("sys").path]]
-    for root in roots:
-        hits = glob.glob(os.path.join(root, "**", "libcusparseLt.so*"), recursive=True)
+    loaded = _loaded_library()
+    if loaded:
+        return ctypes.CDLL(loaded)  # the same handle torch holds
+    for folder in library_dirs():
+        hits = sorted(glob.glob(os.path.join(glob.escape(folder), "libcusparseLt.so*")))
         if hits:
             return ctypes.CDLL(hits[0])
-    raise OSError("libcusparseLt.so not found")
+    raise OSError(f"libcusparseLt.so not found in {', '.join(library_dirs()) or 'torch or nvidia-cusparselt'}; set "
+                  f"{LIBRARY_ENV} to its absolute path")
 
 
 class CusparseLt:

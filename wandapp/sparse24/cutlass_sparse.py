@@ -7,8 +7,9 @@ writes y as torch wants it (tokens, out), so no transpose runs on either side.
 
 Building needs nvcc (CUDA 12.3 or newer: `CUDACXX`, `CUDA_HOME` or PATH) and CUTLASS 3.6+ headers
 (`CUTLASS_PATH`, or the `nvidia-cutlass` pip package). The library is cached under `~/.cache/wandapp`
-(`WANDAPP_CACHE`) by a hash of the source, the compiler and the headers; `WANDAPP_CUTLASS_SPARSE` points at a
-prebuilt one instead.
+(`WANDAPP_CACHE`) by a hash of the source, the compiler and every compile and link flag, with `build.json`
+beside it recording them and the library's own hash; a cached library that no longer matches is rebuilt, not
+loaded. `WANDAPP_CUTLASS_SPARSE` points at a prebuilt one instead (an explicit path, loaded as given).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -28,6 +30,7 @@ from pathlib import Path
 import torch
 
 from ..errors import WandappError
+from ..io import write_json
 from . import INSTALL
 
 log = logging.getLogger(__name__)
@@ -111,17 +114,59 @@ def _cache_root() -> Path:
     return Path(os.environ.get("WANDAPP_CACHE", Path.home() / ".cache" / "wandapp"))
 
 
+def link_command(nvcc: str, build: Path) -> list[str]:
+    lib_dir = Path(nvcc).resolve().parent.parent / "lib64"
+    lib_dir = lib_dir if lib_dir.is_dir() else lib_dir.with_name("lib")
+    return [nvcc, "-shared", "-o", str(build / LIBRARY_NAME), *sorted(str(build / f"unit{n}.o")
+            for n in range(CONFIG_COUNT + 1)), f"-L{lib_dir}", "-lcudart_static"]
+
+
+MANIFEST = "build.json"  # beside a cached library: what it was built from; a mismatch rebuilds it
+
+
+def build_record(nvcc: str, version: str, includes: list[Path]) -> dict:
+    """What a build depends on: the source's hash, the compiler and every compile and link flag."""
+    placeholder = Path("BUILD")  # the temporary build folder differs per build; the flags do not
+    commands = [*compile_commands(nvcc, includes, placeholder), link_command(nvcc, placeholder)]
+    record = {"source": SOURCE.name, "source_sha256": hashlib.sha256(SOURCE.read_bytes()).hexdigest(),
+              "nvcc": nvcc, "nvcc_version": version.strip(), "includes": [str(d.resolve()) for d in includes],
+              "commands": commands}
+    record["key"] = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+    return record
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cached_library_is_current(target: Path, record: dict) -> bool:
+    """The cached library was built from this record (source hash, flags) and is byte for byte what was built."""
+    manifest = target.with_name(MANIFEST)
+    try:
+        built = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return False
+    return (target.is_file() and built.get("key") == record["key"]
+            and built.get("library_sha256") == _file_sha256(target))
+
+
 def build_library(cache_root: Path | None = None, jobs: int | None = None) -> Path:
-    """Compile and link the kernels once; later calls return the cached library."""
+    """Compile and link the kernels once; later calls return the cached library while its recorded source hash,
+    flags and bytes still match (otherwise it is rebuilt)."""
     nvcc, includes = find_nvcc(), cutlass_include_dirs()
     probe = subprocess.run([nvcc, "--version"], capture_output=True, text=True)
     if probe.returncode:
         raise WandappError(f"{nvcc} --version failed: {probe.stderr.strip()[-200:]}")
-    version = probe.stdout
-    key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + str(includes[0].resolve()).encode()).hexdigest()[:16]
-    target = (cache_root or _cache_root()) / "sm90_sparse" / key / LIBRARY_NAME
-    if target.is_file():
+    record = build_record(nvcc, probe.stdout, includes)
+    target = (cache_root or _cache_root()) / "sm90_sparse" / record["key"][:16] / LIBRARY_NAME
+    if cached_library_is_current(target, record):
         return target
+    if target.exists():
+        log.warning("rebuilding %s: it does not match its recorded source, flags or bytes", target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         build = Path(tmp)
@@ -133,14 +178,12 @@ def build_library(cache_root: Path | None = None, jobs: int | None = None) -> Pa
             if result.returncode:
                 last = (result.stderr.strip().splitlines() or ["no message"])[-1]
                 raise WandappError(f"nvcc failed on {cmd[-5]} of {SOURCE.name}: {last}")
-        lib_dir = Path(nvcc).resolve().parent.parent / "lib64"
-        lib_dir = lib_dir if lib_dir.is_dir() else lib_dir.with_name("lib")
-        link = [nvcc, "-shared", "-o", str(build / LIBRARY_NAME), *sorted(str(p) for p in build.glob("unit*.o")),
-                f"-L{lib_dir}", "-lcudart_static"]
-        result = subprocess.run(link, capture_output=True, text=True)
+        result = subprocess.run(link_command(nvcc, build), capture_output=True, text=True)
         if result.returncode:
             raise WandappError(f"linking the CUTLASS kernels failed: {result.stderr.strip()[-300:]}")
+        target.with_name(MANIFEST).unlink(missing_ok=True)  # no manifest vouches for the library while it changes
         os.replace(build / LIBRARY_NAME, target)  # atomic: a half-built library is never found
+    write_json(target.with_name(MANIFEST), {**record, "library_sha256": _file_sha256(target)})
     return target
 
 

@@ -8,7 +8,7 @@ rule bench:
     output:
         f"{RESULTS}/metrics/{{model}}/{{method}}/{{sparsity}}/bench.json",
     params:
-        extra=config["bench"]["extra_args"],
+        extra=config["bench"]["extra_args"],  # verbatim: flags
         code=code_version("bench"),
     log:
         f"{RESULTS}/logs/bench/{{model}}/{{method}}/{{sparsity}}.log",
@@ -18,4 +18,4 @@ rule bench:
     conda:
         "../../envs/core.yaml"
     shell:
-        "wandapp bench --model {input.model} {params.extra} --output {output} > {log} 2>&1"
+        "wandapp bench --model {input.model:q} {params.extra} --output {output:q} > {log:q} 2>&1"

@@ -12,7 +12,7 @@ rule calibrate:
         seqlen=r"\d+",
         seed=r"\d+",
     params:
-        calibration=shlex.quote(config["calibration"]["dataset"]),
+        calibration=config["calibration"]["dataset"],
         data_dir=data_dir_arg(),
         code=code_version("calibrate"),
     log:
@@ -23,6 +23,6 @@ rule calibrate:
     conda:
         "../../envs/core.yaml"
     shell:
-        "wandapp calibrate --model {input.model} --calibration {params.calibration}"
-        " --nsamples {wildcards.nsamples} --seqlen {wildcards.seqlen} --seed {wildcards.seed}"
-        " {params.data_dir} --output {output} > {log} 2>&1"
+        "wandapp calibrate --model {input.model:q} --calibration {params.calibration:q}"
+        " --nsamples {wildcards.nsamples:q} --seqlen {wildcards.seqlen:q} --seed {wildcards.seed:q}"
+        " {params.data_dir:q} --output {output:q} > {log:q} 2>&1"

@@ -4,7 +4,7 @@
 #        RESULTS/models/{model}/{method}/{variant}   pruned model, temp() unless kept
 #        RESULTS/metrics/{model}/{method}/{variant}/{prune,lora,ppl_<dataset>,tasks,bench}.json
 # {variant} is the sparsity, with the suffix LORA_SUFFIX for the LoRA-tuned model.
-# {sparsity} is the config string with ':' written as '-' ("2:4" -> "2-4"); the dense baseline is dense/0.
+# {sparsity} is SparsityPattern.path_label of the config string ("2:4" -> "2-4"); the dense baseline is dense/0.
 
 import os
 import re
@@ -13,14 +13,23 @@ import shutil
 import sys
 from pathlib import Path
 
+import yaml
 from snakemake.utils import validate
 
-from wandapp.codeversion import stage_code_hash
-from wandapp.commands.prune import HYPERPARAMETERS as PRUNE_HYPERPARAMETERS
-from wandapp.report import DENSE, LORA_SUFFIX  # the report parses the paths these name
+# The one wandapp module the workflow imports: light (no torch, no pandas), so parsing stays fast.
+from wandapp.workflow import (DENSE, LORA_SUFFIX, ConfigError, SparsityPattern, check_config, path_label,
+                              pattern_of, stage_code_hash)
 
-validate(config, schema="../schemas/config.schema.yaml")
-
+# One line naming the bad key (Snakemake's validate prints the whole schema on a typo), then the checks a schema
+# cannot make (method labels, N:M values, model sources, data_dir); sparsity labels are normalised ('.5' -> '0.5').
+# The method names come from the schema's enum, which is generated from wandapp.methods.METHODS.
+_SCHEMA = yaml.safe_load(Path(workflow.basedir, "workflow/schemas/config.schema.yaml").read_text())
+try:
+    check_config(config, _SCHEMA, _SCHEMA["properties"]["methods"]["additionalProperties"]["properties"]["method"]["enum"])
+except ConfigError as e:
+    print(f"Error validating config file: {e}", file=sys.stderr)
+    sys.exit(2)
+validate(config, schema="../schemas/config.schema.yaml")  # valid by now; fills in the schema's defaults
 
 
 def wandapp_command():
@@ -54,14 +63,6 @@ wildcard_constraints:
     dataset=r"[A-Za-z0-9_]+",
 
 
-def sparsity_label(sparsity):
-    return sparsity.replace(":", "-")
-
-
-def sparsity_arg(label):
-    return label.replace("-", ":")
-
-
 def method_name(label):
     return METHODS[label].get("method", label)
 
@@ -71,8 +72,16 @@ def model_cfg(model):
     return {"dtype": "float32", "seqlen": 2048, **spec}
 
 
+# Rules quote every value they put in a shell command ({params.x:q}); an optional flag is a list, which :q
+# quotes item by item (an empty list is nothing). Only the *extra_args strings go in verbatim: they hold flags.
+
+
+def optional_flag(flag, value):
+    return [flag, str(value)] if value not in (None, "", False) else []
+
+
 def data_dir_arg():
-    return f"--data-dir {shlex.quote(config['data_dir'])}" if config.get("data_dir") else ""
+    return optional_flag("--data-dir", config.get("data_dir"))
 
 
 def code_version(command):
@@ -134,9 +143,9 @@ def variants():
             out.append((model, DENSE, "0"))
         for method in METHODS:
             for sparsity in config["sparsities"]:
-                out.append((model, method, sparsity_label(sparsity)))
+                out.append((model, method, path_label(sparsity)))
                 if config["lora"]["enabled"]:
-                    out.append((model, method, f"{sparsity_label(sparsity)}{LORA_SUFFIX}"))
+                    out.append((model, method, f"{path_label(sparsity)}{LORA_SUFFIX}"))
     return out
 
 
@@ -168,20 +177,26 @@ def report_figures():
     return names
 
 
-# Every `wandapp prune` hyperparameter option, from the CLI's own list (one source of truth).
-HYPERPARAMETER_FLAGS = ["preset"] + [flag.lstrip("-").replace("-", "_") for flag, _, _ in PRUNE_HYPERPARAMETERS]
-
-
 def prune_flags(wildcards):
-    """`wandapp prune` flags from the method's config entry: {alpha: 100} -> --alpha 100."""
-    spec = METHODS[wildcards.method]
-    flags = [f"--{key.replace('_', '-')} {spec[key]}" for key in HYPERPARAMETER_FLAGS if key in spec]
-    return " ".join(flags + [spec.get("extra_args", "")]).strip()
+    """`wandapp prune` flags from the method's config entry, in its order: {alpha: 100} -> ["--alpha", "100"],
+    a true boolean -> ["--flag"] (each token quoted by :q). Every key is a flag: the schema, generated from the
+    methods' dataclass fields, lists them."""
+    flags = []
+    for key, value in METHODS[wildcards.method].items():
+        if key in ("method", "extra_args") or value is False:
+            continue
+        flags += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return flags
+
+
+def prune_extra_args(wildcards):
+    """The method's extra_args, passed to the shell verbatim (it exists for flags wandapp has no key for)."""
+    return METHODS[wildcards.method].get("extra_args", "")
 
 
 def maybe_temp(path):
     return path if config["keep_pruned_models"] else temp(path)
 
 
-def benched(sparsity_label_):
-    return sparsity_arg(sparsity_label_) in config["bench"]["patterns"]
+def benched(variant):
+    return pattern_of(variant) in {SparsityPattern.parse(p) for p in config["bench"]["patterns"]}

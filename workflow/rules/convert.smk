@@ -6,7 +6,8 @@ rule convert:
     output:
         directory(f"{RESULTS}/models/{{model}}/base"),
     params:
-        source=lambda wc: shlex.quote(MODELS[wc.model]["source"]),
+        source=lambda wc: MODELS[wc.model]["source"],
+        allow_pickle=lambda wc: optional_flag("--allow-pickle", MODELS[wc.model].get("allow_pickle")),
         dtype=lambda wc: model_cfg(wc.model)["dtype"],
         code=code_version("convert"),
     log:
@@ -19,4 +20,5 @@ rule convert:
     conda:
         "../../envs/core.yaml"
     shell:
-        "wandapp convert --model {params.source} --dtype {params.dtype} --output {output} > {log} 2>&1"
+        "wandapp convert --model {params.source:q} {params.allow_pickle:q} --dtype {params.dtype:q}"
+        " --output {output:q} > {log:q} 2>&1"

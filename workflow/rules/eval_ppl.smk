@@ -10,9 +10,7 @@ rule eval_ppl:
         split=config["eval"]["ppl"]["split"],
         seqlen=lambda wc: model_cfg(wc.model)["seqlen"],
         dtype=lambda wc: model_cfg(wc.model)["dtype"],
-        max_windows=(
-            f"--max-windows {config['eval']['ppl']['max_windows']}" if config["eval"]["ppl"]["max_windows"] else ""
-        ),
+        max_windows=optional_flag("--max-windows", config["eval"]["ppl"]["max_windows"]),
         device=config["device"],
         data_dir=data_dir_arg(),
         code=code_version("ppl"),
@@ -24,6 +22,6 @@ rule eval_ppl:
     conda:
         "../../envs/core.yaml"
     shell:
-        "wandapp ppl --model {input.model} --dataset {wildcards.dataset} --split {params.split}"
-        " --seqlen {params.seqlen} {params.max_windows} --device {params.device} --dtype {params.dtype}"
-        " {params.data_dir} --output {output} > {log} 2>&1"
+        "wandapp ppl --model {input.model:q} --dataset {wildcards.dataset:q} --split {params.split:q}"
+        " --seqlen {params.seqlen:q} {params.max_windows:q} --device {params.device:q} --dtype {params.dtype:q}"
+        " {params.data_dir:q} --output {output:q} > {log:q} 2>&1"

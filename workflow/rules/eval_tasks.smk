@@ -8,7 +8,7 @@ rule eval_tasks:
         f"{RESULTS}/metrics/{{model}}/{{method}}/{{variant}}/tasks.json",
     params:
         tasks=",".join(config["eval"]["tasks"]["names"]),
-        limit=f"--limit {config['eval']['tasks']['limit']}" if config["eval"]["tasks"]["limit"] else "",
+        limit=optional_flag("--limit", config["eval"]["tasks"]["limit"]),
         batch_size=config["eval"]["tasks"]["batch_size"],
         device=config["device"],
         dtype=lambda wc: model_cfg(wc.model)["dtype"],
@@ -22,6 +22,6 @@ rule eval_tasks:
     conda:
         "../../envs/core.yaml"
     shell:
-        "wandapp tasks --model {input.model} --tasks {params.tasks} {params.limit}"
-        " --batch-size {params.batch_size} --device {params.device} --dtype {params.dtype} {params.data_dir}"
-        " --output {output} > {log} 2>&1"
+        "wandapp tasks --model {input.model:q} --tasks {params.tasks:q} {params.limit:q}"
+        " --batch-size {params.batch_size:q} --device {params.device:q} --dtype {params.dtype:q} {params.data_dir:q}"
+        " --output {output:q} > {log:q} 2>&1"

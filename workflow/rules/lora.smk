@@ -11,7 +11,7 @@ rule lora:
     params:
         steps=config["lora"]["steps"],
         seqlen=config["lora"]["seqlen"],
-        extra=config["lora"]["extra_args"],
+        extra=config["lora"]["extra_args"],  # verbatim: flags
         device=config["device"],
         dtype=lambda wc: model_cfg(wc.model)["dtype"],
         data_dir=data_dir_arg(),
@@ -26,6 +26,6 @@ rule lora:
     conda:
         "../../envs/core.yaml"
     shell:
-        "(wandapp lora --model {input.model} --steps {params.steps} --seqlen {params.seqlen}"
-        " --device {params.device} --dtype {params.dtype} {params.data_dir} {params.extra} --output {output.model}"
-        " && cp {output.model}/lora_report.json {output.report}) > {log} 2>&1"
+        "(wandapp lora --model {input.model:q} --steps {params.steps:q} --seqlen {params.seqlen:q}"
+        " --device {params.device:q} --dtype {params.dtype:q} {params.data_dir:q} {params.extra}"
+        " --output {output.model:q} && cp {output.model:q}/lora_report.json {output.report:q}) > {log:q} 2>&1"

@@ -10,9 +10,10 @@ rule prune:
         model=directory(maybe_temp(f"{RESULTS}/models/{{model}}/{{method}}/{{sparsity}}")),
         report=f"{RESULTS}/metrics/{{model}}/{{method}}/{{sparsity}}/prune.json",
     params:
-        method=lambda wc: shlex.quote(method_name(wc.method)),
-        sparsity=lambda wc: sparsity_arg(wc.sparsity),
+        method=lambda wc: method_name(wc.method),
+        sparsity=lambda wc: pattern_of(wc.sparsity).label,
         flags=prune_flags,
+        extra=prune_extra_args,  # verbatim: flags
         nsamples=config["calibration"]["nsamples"],
         seqlen=lambda wc: model_cfg(wc.model)["seqlen"],
         dtype=lambda wc: model_cfg(wc.model)["dtype"],
@@ -29,8 +30,8 @@ rule prune:
     conda:
         "../../envs/core.yaml"
     shell:
-        "(wandapp prune --model {input.model} --method {params.method} --sparsity {params.sparsity}"
-        " --calibration {input.calibration} --nsamples {params.nsamples} --seqlen {params.seqlen}"
-        " --seed {params.seed} --device {params.device} --dtype {params.dtype} {params.flags}"
-        " --output {output.model}"
-        " && cp {output.model}/prune_report.json {output.report}) > {log} 2>&1"
+        "(wandapp prune --model {input.model:q} --method {params.method:q} --sparsity {params.sparsity:q}"
+        " --calibration {input.calibration:q} --nsamples {params.nsamples:q} --seqlen {params.seqlen:q}"
+        " --seed {params.seed:q} --device {params.device:q} --dtype {params.dtype:q} {params.flags:q} {params.extra}"
+        " --output {output.model:q}"
+        " && cp {output.model:q}/prune_report.json {output.report:q}) > {log:q} 2>&1"

@@ -33,4 +33,4 @@ rule report:
     conda:
         "../../envs/core.yaml"
     shell:
-        "wandapp report --results {input} --output {params.reports} > {log} 2>&1"
+        "wandapp report --results {input:q} --output {params.reports:q} > {log:q} 2>&1"

@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+from ...commands.common import add_file_output, add_pickle_option, check_model, check_output, require_at_least
 from ...errors import WandappError
 from ...io import write_json
 from .. import INSTALL, missing
@@ -32,8 +33,9 @@ def register(sub) -> None:
         "outputs against the dense model, and time both with CUDA graphs. With no GPU it records a skipped result.",
     )
     p.add_argument("--model", required=True, help="2:4 pruned model (folder, hub id, .gguf)")
-    p.add_argument("--output", required=True, help="results JSON file (written once, when the run ends; until then "
-                   "partial results go to the hidden sibling .NAME.partial)")
+    add_pickle_option(p)
+    add_file_output(p, "results JSON file, written once when the run ends (partial results go to the hidden sibling "
+                    ".NAME.partial until then)")
     p.add_argument("--device", default="cuda", help="CUDA device (default cuda)")
     p.add_argument("--dtype", default="float16", help="float16 or bfloat16 (default float16)")
     p.add_argument("--tokens", default="1,16,64,128,256,512,1024,2048,4096,8192", help="token counts per linear")
@@ -70,19 +72,27 @@ def run(args) -> None:
     _check_extra(args)
     import torch
 
+    from ...models import load_model, parse_dtype
     from ..cusparselt import DEFAULT_LAYOUTS, parse_layouts
     from ..runner import model_shapes, run_bench, skipped_result
-    from ...models import load_model, parse_dtype, resolve_model
 
+    check_output(args, folder=False)
+    require_at_least(args, decode_tokens=1)
+    for option in ("tokens", "batch_sizes", "prompt_lengths"):
+        if not _ints(getattr(args, option)) or min(_ints(getattr(args, option))) < 1:
+            raise WandappError(f"--{option.replace('_', '-')} must list integers >= 1; got {getattr(args, option)!r}")
     try:
         layouts = parse_layouts(args.layouts or DEFAULT_LAYOUTS)
     except ValueError as e:
         raise WandappError(str(e)) from None
-    source = resolve_model(args.model)  # a mistyped path fails here too, not only where a GPU would load it
+    source = check_model(args)  # a mistyped path fails here too, not only where a GPU would load it
     dtype = parse_dtype(args.dtype)
     if dtype not in (torch.float16, torch.bfloat16):
         raise WandappError(f"2:4 kernels run in float16 or bfloat16, not {args.dtype}")
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise WandappError(f"unknown device {args.device!r}; 2:4 kernels need a CUDA device, e.g. cuda:1") from None
     if device.type != "cuda" or not torch.cuda.is_available():
         write_json(args.output, skipped_result("no CUDA device"))
         log.warning("no CUDA device: wrote a skipped result to %s", args.output)

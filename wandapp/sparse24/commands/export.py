@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...commands.common import add_folder_output, rewrite_model
+from ...commands.common import add_folder_output, add_pickle_option, rewrite_model
 
 
 def register(sub) -> None:
@@ -15,6 +15,7 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="2:4 pruned model (folder, hub id, .gguf)")
     p.add_argument("--format", default="sparse-24-bitmask", choices=["sparse-24-bitmask"])
     p.add_argument("--dtype", default="float16", help="weight dtype written (default float16)")
+    add_pickle_option(p)
     add_folder_output(p)
     p.set_defaults(func=run)
 
