@@ -70,3 +70,36 @@ def test_local_jsonl_and_text_calibration(tmp_path, tokenizer):
     txt = tmp_path / "t.txt"
     txt.write_text("some text " * 50)
     assert calibration_windows(str(txt), tokenizer, 2, 16, 0, None).shape == (2, 16)
+
+
+def _token_docs(*lengths):
+    """Documents whose 'tokens' are their own positions, tagged by document: doc d, token t -> 1000 * d + t."""
+    docs = [str(d) + " " + str(n) for d, n in enumerate(lengths)]
+    encode = lambda s: [1000 * int(s.split()[0]) + t for t in range(int(s.split()[1]))]  # noqa: E731
+    return docs, encode
+
+
+def test_c4_sampler_rejects_a_document_of_exactly_seqlen_tokens():
+    """Wanda's protocol accepts only documents with MORE than seqlen tokens: one of exactly seqlen never appears;
+    one of seqlen + 1 has the single start 0 (a start is drawn in [0, len - seqlen - 1])."""
+    seqlen = 10
+    docs, encode = _token_docs(seqlen, seqlen + 1)
+    for seed in range(20):
+        got = sample_document_windows(docs, encode, 6, seqlen, seed)
+        assert (got == torch.arange(1000, 1000 + seqlen)).all(), seed  # document 1, tokens 0..9
+
+
+def test_c4_sampler_window_never_holds_the_last_token():
+    """For a document of seqlen + 2 tokens both starts 0 and 1 occur, and no window ends at the last token."""
+    seqlen = 10
+    docs, encode = _token_docs(seqlen + 2)
+    starts = {int(w[0]) for seed in range(30) for w in sample_document_windows(docs, encode, 4, seqlen, seed)}
+    assert starts == {0, 1}
+
+
+def test_c4_sampler_with_no_document_longer_than_seqlen_is_an_error():
+    docs, encode = _token_docs(8, 10, 10)
+    with pytest.raises(DataError, match="longer than seqlen=10"):
+        sample_document_windows(docs, encode, 1, 10, 0)
+    with pytest.raises(DataError, match="no calibration documents"):
+        sample_document_windows(["", ""], encode, 1, 10, 0)

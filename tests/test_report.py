@@ -128,3 +128,35 @@ def test_a_panel_with_one_of_several_methods_puts_its_bar_on_the_tick():
     ticks = dict(zip([t.get_text() for t in ax.get_xticklabels()], ax.get_xticks()))
     assert len(bars) == 1 and abs(bars[0].get_x() + bars[0].get_width() / 2 - ticks["2:4"]) < 1e-9
     plt.close(fig)
+
+
+def test_ppl_figure_draws_each_value_and_the_png_holds_it(tmp_path):
+    """More than a file size: every pruned perplexity is a bar of that height in its model's panel, labelled with
+    its value; the dense value is the dashed line; the PNG decodes to a non-blank image of the figure's size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.image
+    from matplotlib.patches import Rectangle
+
+    from wandapp.report import figure_ppl
+
+    synthetic_results(tmp_path / "metrics", tasks=False, bench=None)
+    table = collect([tmp_path / "metrics"])
+    fig = figure_ppl(table, relative=False)
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
+    assert set(panels) == {"tiny-a", "tiny-b"}
+    for model, ax in panels.items():
+        sub = table[table.model == model]
+        want = sorted(sub[sub.method != "dense"].ppl_wikitext2)
+        heights = sorted(p.get_height() for p in ax.patches if isinstance(p, Rectangle) and p.get_height() > 0)
+        assert heights == pytest.approx(want)
+        labels = {t.get_text() for t in ax.texts}
+        assert {f"{v:.3g}" for v in want} <= labels
+        dense = float(sub[sub.method == "dense"].ppl_wikitext2.iloc[0])
+        assert any(list(line.get_ydata()) == [dense, dense] for line in ax.get_lines())
+    png = tmp_path / "ppl.png"
+    fig.savefig(png, dpi=50)
+    image = matplotlib.image.imread(png)
+    width, height = fig.get_size_inches() * 50
+    assert image.shape[:2] == (round(height), round(width)) and image[..., :3].std() > 0.05

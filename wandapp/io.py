@@ -126,10 +126,13 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
 
     An interrupted run leaves only a hidden `.NAME.tmp-HOST.PID-*` folder, never a `path` that looks finished;
     the next run that writes `path` removes it. What is at `path` is replaced only if wandapp wrote it, it is an
-    empty folder, or `overwrite` is set (commands check this with check_output before any work, too).
+    empty folder, or `overwrite` is set (commands check this with check_output before any work, too). The old
+    `path` is moved aside first and put back if the second rename fails; a kill between the two renames leaves no
+    `path` and the previous output in `.NAME.old-HOST.PID-*` (removed by the next run that writes `path`).
     """
     path = Path(path)
     tmp = _tmp_sibling(path)
+    old = None
     try:
         yield tmp
         (tmp / MARKER).write_text("written by wandapp; `--output` replaces a folder holding this file\n")
@@ -145,6 +148,8 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
             os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and os.path.lexists(old) and not os.path.lexists(path):  # failed between the renames
+            os.replace(old, path)  # put the previous output back
         raise
 
 

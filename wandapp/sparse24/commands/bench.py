@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from ...commands.common import add_file_output, add_pickle_option, check_model, check_output, require_at_least
 from ...errors import WandappError
@@ -33,7 +34,8 @@ def register(sub) -> None:
     )
     p.add_argument("--model", required=True, help="2:4 pruned model (folder, hub id, .gguf)")
     add_pickle_option(p)
-    add_file_output(p, "results JSON file")
+    add_file_output(p, "results JSON file, written once when the run ends (partial results go to the hidden sibling "
+                    ".NAME.partial until then)")
     p.add_argument("--device", default="cuda", help="CUDA device (default cuda)")
     p.add_argument("--dtype", default="float16", help="float16 or bfloat16 (default float16)")
     p.add_argument("--tokens", default="1,16,64,128,256,512,1024,2048,4096,8192", help="token counts per linear")
@@ -101,6 +103,7 @@ def run(args) -> None:
         log.warning("no cuSPARSELt in this torch build: wrote a skipped result to %s", args.output)
         return
     model, _ = load_model(source, dtype=dtype, device=device)
+    partial = partial_path(args.output)
     if args.llama7b_shapes:
         from ..linear_sweep import LLAMA7B_SHAPES as shapes
     else:
@@ -108,7 +111,15 @@ def run(args) -> None:
     result = run_bench(model, shapes, device, dtype=dtype, tokens=_ints(args.tokens),
                        prefill_cases=_pairs(args.batch_sizes, args.prompt_lengths),
                        decode_cases=_pairs(args.batch_sizes, "512"), decode_steps=args.decode_tokens,
-                       log=log.info, on_partial=lambda r: write_json(args.output, r), layouts=layouts,
+                       log=log.info, on_partial=lambda r: write_json(partial, r), layouts=layouts,
                        fuse_mlp=args.fuse_mlp, compile_blocks=args.compile_blocks, cutlass=args.cutlass)
     result["model"] = args.model
     write_json(args.output, result)
+    partial.unlink(missing_ok=True)
+
+
+def partial_path(output) -> Path:
+    """Where the linear tables go before the end-to-end part: a hidden sibling, so a crash or time-out there keeps
+    them without leaving a finished-looking results file (Snakemake would take it for the job's output)."""
+    output = Path(output)
+    return output.with_name(f".{output.name}.partial")
