@@ -12,8 +12,8 @@ import stat
 import pytest
 import torch
 
-from wandapp.sparse24 import cutlass_sparse as cs
 from wandapp.errors import WandappError
+from wandapp.sparse24 import cutlass_sparse as cs
 
 # Each config's compressed-weight layout ("family"): 1 for a K tile of 64, 0 for 128, as the source derives it.
 FAMILIES = [int(name.split("_")[0].endswith("x64")) for name in cs.CONFIG_NAMES]

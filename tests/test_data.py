@@ -1,8 +1,14 @@
 import pytest
 import torch
 
-from wandapp.data import (calibration_windows, c4_eval_documents, c4_train_documents, eval_tokens,
-                          sample_document_windows, sample_stream_windows)
+from wandapp.data import (
+    c4_eval_documents,
+    c4_train_documents,
+    calibration_windows,
+    eval_tokens,
+    sample_document_windows,
+    sample_stream_windows,
+)
 from wandapp.errors import DataError
 
 

@@ -180,8 +180,8 @@ def test_compiled_sparse_model_on_cusparselt_matches_eager():
 
 
 def _cutlass_or_skip():
-    from wandapp.sparse24 import cutlass_sparse as cs
     from wandapp.errors import WandappError
+    from wandapp.sparse24 import cutlass_sparse as cs
 
     if not (torch.cuda.is_available() and cs.available(torch.device("cuda"))):
         pytest.skip("needs a Hopper GPU")
@@ -223,7 +223,7 @@ def test_model_on_cutlass_kernels_matches_dense_eager_and_compiled():
     with torch.inference_mode():
         dense = model(input_ids=ids, use_cache=False).logits.float()
         swap_in_sparse_linears(model, lambda o, i: (16, 0, 1, choice),
-                               lambda h, i: (16, (0, 1, choice), (0, 1, "cutlass/128x256x64_c1x1_coop/swizzle2/along_n")))
+                               lambda h, i: (16, (0, 1, choice), (0, 1, "cutlass/128x256x64_c1x1_coop/swizzle2/along_n")))  # noqa: E501
         eager = model(input_ids=ids, use_cache=False).logits.float()
         with compiled_blocks(model):
             compiled = model(input_ids=ids, use_cache=False).logits.float()

@@ -10,7 +10,7 @@ import torch
 from conftest import build_tiny_llama
 from wandapp.adapter import DecoderAdapter
 from wandapp.cli import main
-from wandapp.lora import LoraSettings, reapply_masks, pruned_masks, training_blocks
+from wandapp.lora import LoraSettings, pruned_masks, reapply_masks, training_blocks
 from wandapp.masks import apply_mask, follows_nm, nm_mask
 
 ALL_LINEARS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"

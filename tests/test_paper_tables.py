@@ -7,10 +7,16 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
 from test_report import synthetic_results
+
 from wandapp.paper_tables import (
-    figure_improvement, paper_model, paper_results, table1, table2, table3_lora, table4_cost,
+    figure_improvement,
+    paper_model,
+    paper_results,
+    table1,
+    table2,
+    table3_lora,
+    table4_cost,
 )
 from wandapp.report import collect, write_report
 
@@ -86,7 +92,7 @@ def test_markdown_and_csv_files(results, tmp_path):
     assert "| Method | Sparsity | llama-7b (ours) | LLaMA-1 7B (paper) |" in md
     assert "| wanda++ | 2:4 | **17.00 (-48%)** | **9.43 (-18%)** |" in md  # >= 5% better than Wanda: bold
     assert "| magnitude | 2:4 | 37.00 (+12%) |  |" in md  # worse than Wanda: plain, and no paper number
-    assert "| wanda++ (paper, LLaMA-1 7B) |" in md and "| LLaMA-1 7B (paper) | wanda | 2:4 | 5.68 | 11.59 | **8.23 (-29%)** |" in md
+    assert "| wanda++ (paper, LLaMA-1 7B) |" in md and "| LLaMA-1 7B (paper) | wanda | 2:4 | 5.68 | 11.59 | **8.23 (-29%)** |" in md  # noqa: E501
     csv = pd.read_csv(out / "table1_ppl.csv")
     assert list(csv.columns[:5]) == ["model", "method", "sparsity", "ppl", "vs_wanda_pct"]
     assert csv[(csv.model == "llama-7b") & (csv.method == "wanda++") & (csv.sparsity == "2:4")].paper_ppl.item() == 9.43

@@ -14,8 +14,12 @@ from torch import nn
 from conftest import build_tiny_llama
 from wandapp.sparse24 import cslt_ops, cutlass_ops
 from wandapp.sparse24.cusparselt import Layout
-from wandapp.sparse24.end_to_end import (compiled_blocks, has_sparse_modules, restore_dense_linears,
-                                      swap_in_sparse_linears)
+from wandapp.sparse24.end_to_end import (
+    compiled_blocks,
+    has_sparse_modules,
+    restore_dense_linears,
+    swap_in_sparse_linears,
+)
 from wandapp.sparse24.mlp_sweep import GatedMLP, MlpCase
 from wandapp.sparse24.sparse_linear import NEVER, SparseLinear
 from wandapp.sparse24.sparse_mlp import SparseGatedMLP, down_layouts, gate_up_layouts, is_gated_mlp

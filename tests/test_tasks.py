@@ -9,8 +9,15 @@ import pytest
 from wandapp.cli import main
 from wandapp.errors import DataError, WandappError
 from wandapp.evaluate.tasks import (
-    LOCAL_TASKS, MIRROR_TASKS, MMLU_SUBJECTS, PAPER_TASKS, WANDA_TASKS, check_tasks, local_task_files,
-    local_task_yaml, parse_task_list,
+    LOCAL_TASKS,
+    MIRROR_TASKS,
+    MMLU_SUBJECTS,
+    PAPER_TASKS,
+    WANDA_TASKS,
+    check_tasks,
+    local_task_files,
+    local_task_yaml,
+    parse_task_list,
 )
 
 LIMIT = 3

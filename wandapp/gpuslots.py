@@ -25,7 +25,7 @@ def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def claim(folder: str | os.PathLike, count: int, poll_s: float = 0.5, timeout_s: float | None = None) -> tuple[int, int]:
+def claim(folder: str | os.PathLike, count: int, poll_s: float = 0.5, timeout_s: float | None = None) -> tuple[int, int]:  # noqa: E501
     """(slot id, open lock file descriptor): the lowest id not held by a live process; waits while all are held.
 
     Keep the descriptor open for as long as the slot is used; closing it (or the process ending) frees it."""

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
 from .errors import WandappError
 from .model_source import (  # noqa: F401  (re-exported: the loaders' callers name them here)
-    EMBEDDED, PICKLE_GLOBS, ModelSource, check_weights, embedded_gguf, looks_like_hub_id, resolve_model)
+    EMBEDDED,
+    PICKLE_GLOBS,
+    ModelSource,
+    check_weights,
+    embedded_gguf,
+    looks_like_hub_id,
+    resolve_model,
+)
 
 DTYPES = {
     "float32": torch.float32,

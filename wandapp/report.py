@@ -433,7 +433,8 @@ def figure_prune_cost(table: pd.DataFrame):
 
 def figure_improvement(table: pd.DataFrame):
     """The paper's Figure 1 (paper_tables.py), in this report's colours; dense in black."""
-    from .paper_tables import FIGURE_METHODS, figure_improvement as draw
+    from .paper_tables import FIGURE_METHODS
+    from .paper_tables import figure_improvement as draw
 
     pruned = [(m, False) for m in FIGURE_METHODS if m != DENSE]
     return draw(table, {**_colours(pruned), DENSE: "#000000"})

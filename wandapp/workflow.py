@@ -14,7 +14,7 @@ from .pattern import SparsityPattern
 DENSE = "dense"
 LORA_SUFFIX = "+lora"
 
-__all__ = ["DENSE", "LORA_SUFFIX", "ConfigError", "SparsityPattern", "check_config", "stage_code_hash", "path_label", "pattern_of"]
+__all__ = ["DENSE", "LORA_SUFFIX", "ConfigError", "SparsityPattern", "check_config", "stage_code_hash", "path_label", "pattern_of"]  # noqa: E501
 
 
 def path_label(sparsity: str) -> str:

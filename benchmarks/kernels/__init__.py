@@ -1,1 +1,1 @@
-"""2:4 kernel benchmarks of wandapp.sparse24: cuSPARSELt and CUTLASS against cuBLAS, Nsight Compute tables, vLLM (python -m benchmarks.kernels.X)."""
+"""2:4 kernel benchmarks of wandapp.sparse24: cuSPARSELt and CUTLASS against cuBLAS, Nsight Compute tables, vLLM (python -m benchmarks.kernels.X)."""  # noqa: E501

@@ -10,7 +10,7 @@ wandapp.methods runs, gblm too (its time includes the full-model gradient pass; 
 --limit RUN=BLOCKS prunes only the first BLOCKS blocks for that run (a slow method timed on part of the model);
 --tag labels the rows (prune_time_compare.sh: old/new); --tiny and --device cpu test the harness without a GPU.
 The rows name the wandapp they imported, so one harness can time an older checkout (PYTHONPATH=OLD python -P -m).
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 

@@ -73,9 +73,7 @@ def calibration_ids(args, tokenizer, vocab_size: int | None = None):
 
 def run(args) -> None:
     from ..data import save_calibration
-    from ..models import load_tokenizer
-
-    from ..models import resolve_model
+    from ..models import load_tokenizer, resolve_model
     from .common import check_output
 
     check_output(args, folder=False)

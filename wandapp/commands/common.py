@@ -8,7 +8,7 @@ import argparse
 from ..errors import WandappError
 
 
-def add_model_options(p, model_help: str = "hub id, save_pretrained folder, .gguf file, or 'smollm2' (embedded)") -> None:
+def add_model_options(p, model_help: str = "hub id, save_pretrained folder, .gguf file, or 'smollm2' (embedded)") -> None:  # noqa: E501
     p.add_argument("--model", required=True, help=model_help)
     add_pickle_option(p)
     p.add_argument("--device", default=None,

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from .common import (add_data_option, add_folder_output, add_model_options, check_model, check_output, device_and_dtype,
-                     require_at_least)
+from .common import (
+    add_data_option,
+    add_folder_output,
+    add_model_options,
+    check_model,
+    check_output,
+    device_and_dtype,
+    require_at_least,
+)
 
 
 def register(sub) -> None:

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from .common import (add_data_option, add_file_output, add_model_options, add_stream_option, check_model, check_output,
-                     device_and_dtype, require_at_least, use_stream)
+from .common import (
+    add_data_option,
+    add_file_output,
+    add_model_options,
+    add_stream_option,
+    check_model,
+    check_output,
+    device_and_dtype,
+    require_at_least,
+    use_stream,
+)
 
 
 def register(sub) -> None:

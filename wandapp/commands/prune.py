@@ -56,7 +56,7 @@ def run(args) -> None:
     from ..masks import SparsityPattern
     from ..methods import build_method, hyperparameter_table
     from ..models import load_model, save_model
-    from ..profile import profile_report, with_profile
+    from ..profile import with_profile
     from ..prune_report import sparsity_summary
     from ..runinfo import measured
     from ..walker import prune_model

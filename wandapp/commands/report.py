@@ -21,10 +21,9 @@ def register(sub) -> None:
 
 
 def run(args) -> None:
-    from ..report import collect, write_report
-
     from ..errors import WandappError
     from ..io import check_output
+    from ..report import collect, write_report
 
     # The folder gets fixed file names (summary.*, figures); other files in it are left alone.
     check_output(args.output, folder=True, overwrite=True)

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from ..evaluate.tasks import MIRROR_TASKS, PAPER_TASKS
-from .common import (add_data_option, add_file_output, add_model_options, check_model, check_output, device_and_dtype,
-                     require_at_least)
+from .common import (
+    add_data_option,
+    add_file_output,
+    add_model_options,
+    check_model,
+    check_output,
+    device_and_dtype,
+    require_at_least,
+)
 
 DEFAULT_TASKS = ",".join(PAPER_TASKS)
 
@@ -26,7 +33,7 @@ def register(sub) -> None:
         f"of {', '.join(MIRROR_TASKS)}; without one, any lm-eval task comes from the hub",
     )
     p.add_argument("--num-fewshot", type=int, default=0, help="in-context examples per question (default 0)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples of each task (quick runs)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples of each task (quick runs)")  # noqa: E501
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
     add_data_option(p)
     p.add_argument("--seed", type=int, default=0, help="seed for few-shot sampling (default 0)")

@@ -300,7 +300,7 @@ def run_bench(model, shapes, device, dtype=torch.float16, tokens=DEFAULT_TOKENS,
     policy, crossover = make_policy(linear, best)
     for rec in linear:
         rec["chosen"] = "sparse" if rec["tokens"] >= (crossover[f"{rec['out_features']}x{rec['in_features']}"] or NEVER) \
-            else "dense"
+            else "dense"  # noqa: E501
     result["linear"] = linear
     result["crossover_tokens"] = crossover
     result["tolerance"] = dict(linear_max_rel_err=max(r["rel_err"] for r in linear))
