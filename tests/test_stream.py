@@ -42,7 +42,8 @@ def sharded(tmp_path_factory, tokenizer):
 
 
 @pytest.mark.parametrize("sparsity", PATTERNS)
-@pytest.mark.parametrize("method", method_names())
+# gblm needs the whole dense model for its gradients, so --stream refuses it (tests/test_bad_input.py)
+@pytest.mark.parametrize("method", [m for m in method_names() if m != "gblm"])
 def test_streamed_prune_is_bitwise_the_in_memory_prune(sharded, tmp_path, method, sparsity):
     common = ["prune", "--model", sharded / "src", "--method", method, "--sparsity", sparsity, *CPU,
               "--calibration", sharded / "calib.safetensors", "--ro-rounds", "2", "--ro-samples", "4"]

@@ -6,7 +6,9 @@ from wandapp.evaluate.tasks import LOCAL_TASKS, PACKAGED_YAML, packaged_task_yam
 
 
 def test_every_local_task_has_a_known_yaml():
-    assert set(PACKAGED_YAML) == set(LOCAL_TASKS)
+    from wandapp.evaluate.tasks import MMLU, MMLU_SUBJECTS
+
+    assert set(PACKAGED_YAML) == set(LOCAL_TASKS) | {f"{MMLU}_{s}" for s in MMLU_SUBJECTS}
 
 
 def test_the_yaml_found_is_the_one_lm_eval_indexes():

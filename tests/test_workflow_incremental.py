@@ -31,10 +31,11 @@ if cmd in ("convert", "prune", "lora"):
         json.dump({{"stub": cmd}}, f)
 elif cmd == "report":
     os.makedirs(out, exist_ok=True)
-    for name in ("ppl", "ppl_relative", "prune_cost", "accuracy", "speedup"):
+    for name in ("ppl", "ppl_relative", "prune_cost", "accuracy", "speedup", "improvement"):
         for ext in ("png", "svg"):
             open(os.path.join(out, name + "." + ext), "w").close()
-    for name in ("summary.csv", "summary.md"):
+    for name in ("summary.csv", "summary.md", "paper_tables.md", "table1_ppl.csv", "table2_zero_shot.csv",
+                 "table3_lora.csv", "table4_prune_cost.csv"):
         open(os.path.join(out, name), "w").close()
 else:
     with open(out, "w") as f:
