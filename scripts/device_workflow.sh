@@ -18,6 +18,9 @@
 #   bash scripts/device_workflow.sh collect           # $OUT/wrun-results.tar.gz (metrics, logs, reports, calibration,
 #                                                     # .snakemake metadata; no models) + snakemake.log, print progress
 #   bash scripts/device_workflow.sh stop              # stop the background run (its running jobs end too)
+#   bash scripts/device_workflow.sh side 'CMD' [WAIT] # also run CMD detached in $WRUN/side (same environment; e.g.
+#                                                     # a benchmark while the workflow evaluates); then as `status`;
+#                                                     # everything CMD writes there comes back as $OUT/side.tar.gz
 # Resume on a fresh machine: put the last wrun-results.tar.gz into .carry/wf-resume/ and carry it with the first
 # call; `start` unpacks it before the workflow starts (the converted base model is rebuilt and dated back, so the
 # finished jobs stay finished; a pending LoRA job whose temp pruned model is gone re-prunes it).
@@ -94,6 +97,18 @@ environment() {
     export PATH=$WRUN/bin:$SITE/bin:$PATH
     export HF_HOME=$WRUN/hf HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
     export TOKENIZERS_PARALLELISM=false
+}
+
+side_running() { [ -f "$WRUN/side.pid" ] && kill -0 "$(cat "$WRUN/side.pid")" 2>/dev/null; }
+
+side() {  # a second, detached command beside the workflow, run from $WRUN/side with the snapshot's code first
+    side_running && { echo "side command already running (pid $(cat "$WRUN/side.pid"))"; return 0; }
+    [ -d "$SRC/wandapp" ] || die "no code snapshot yet: run start first"
+    mkdir -p "$WRUN/side"
+    rm -f "$WRUN/side.rc"
+    (cd "$WRUN/side" && setsid nohup bash -c "$1; echo \$? >'$WRUN/side.rc'" >>"$WRUN/side/side.log" 2>&1 </dev/null &
+     echo $! >"$WRUN/side.pid")
+    echo "side command started (pid $(cat "$WRUN/side.pid")): $1"
 }
 
 running() { [ -f "$WRUN/snakemake.pid" ] && kill -0 "$(cat "$WRUN/snakemake.pid")" 2>/dev/null; }
@@ -201,8 +216,13 @@ collect() {
     if [ -d "$WORK" ]; then
         (cd "$WORK" && find . \( -path '*/models' -o -path './.snakemake/conda' -o -path './.snakemake/locks' \
             -o -path './.snakemake/shadow' -o -path './.snakemake/singularity' -o -path './.snakemake/auxiliary' \) \
-            -prune -o \( -type f -print \) | tar -czf "$OUT/wrun-results.tar.gz" -T -)
+            -prune -o \( -type f -print \) | tar --warning=no-file-changed -czf "$OUT/wrun-results.tar.gz" -T - || [ $? = 1 ])
         echo "collected $OUT/wrun-results.tar.gz ($(du -h "$OUT/wrun-results.tar.gz" | cut -f1))"
+    fi
+    if [ -d "$WRUN/side" ]; then
+        tar -C "$WRUN/side" -czf "$OUT/side.tar.gz" .
+        echo "side command: $(side_running && echo running || echo "finished, exit $(cat "$WRUN/side.rc" 2>/dev/null)")"
+        tail -5 "$WRUN/side/side.log" 2>/dev/null || true
     fi
     [ -f "$WRUN/snakemake.log" ] && tail -c 8000000 "$WRUN/snakemake.log" >"$OUT/snakemake.log"
     progress >"$OUT/status.txt" 2>&1 || true
@@ -210,7 +230,7 @@ collect() {
 
 status() {
     local wait=${1:-0} t0=$SECONDS
-    while running && [ $((SECONDS - t0)) -lt "$wait" ]; do sleep 10; done
+    while { running || side_running; } && [ $((SECONDS - t0)) -lt "$wait" ]; do sleep 10; done
     progress
     collect
 }
@@ -225,6 +245,7 @@ case $MODE in
         ;;
     status) environment; status "${2:-0}" ;;
     collect) environment; status 0 ;;
+    side) environment; side "${2:?side needs a command}"; status "${3:-0}" ;;
     stop)
         running || { echo "not running"; exit 0; }
         kill -TERM -- "-$(cat "$WRUN/snakemake.pid")" && echo "stopped"
