@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from wandapp.errors import WandappError
-from wandapp.masks import SparsityPattern, apply_mask, follows_nm, nm_mask, unstructured_mask
+from wandapp.masks import SparsityPattern, apply_mask, count_mask, follows_nm, nm_mask, sparsity, unstructured_mask
 from wandapp.methods.wanda import wanda_score
 
 
@@ -95,3 +95,52 @@ def test_pattern_label_and_path_label_round_trip(text, label, path):
 def test_bad_sparsity_folder_is_an_error(path):
     with pytest.raises(WandappError):
         SparsityPattern.from_path_label(path)
+
+
+def _stable_lowest(row: list[float], k: int) -> set[int]:
+    """The k lowest entries of a row, ties to the lower column: Python's sorted() is stable."""
+    return set(sorted(range(len(row)), key=lambda j: row[j])[:k])
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5])
+def test_unstructured_ties_go_to_the_lower_column(ratio):
+    # Three score levels over 1024 columns: an unstable sort (torch's default on CPU too) picks other tied columns.
+    score = torch.randint(0, 3, (4, 1024), generator=torch.Generator().manual_seed(0)).float()
+    mask = unstructured_mask(score, ratio)
+    for r in range(4):
+        assert set(torch.nonzero(mask[r]).flatten().tolist()) == _stable_lowest(score[r].tolist(), int(1024 * ratio))
+
+
+def test_count_mask_ties_go_to_the_lower_column():
+    score = torch.randint(0, 3, (3, 1024), generator=torch.Generator().manual_seed(1)).float()
+    mask = count_mask(score, 1000)  # 334, 333, 333 per row
+    assert mask.sum(1).tolist() == [334, 333, 333]
+    for r in range(3):
+        assert set(torch.nonzero(mask[r]).flatten().tolist()) == _stable_lowest(score[r].tolist(), 333 + (r == 0))
+
+
+def test_count_mask_bounds_are_inclusive():
+    score = torch.rand(3, 4)
+    assert not count_mask(score, 0).any()
+    assert count_mask(score, 12).all()
+    for bad in (-1, 13):
+        with pytest.raises(ValueError, match=f"cannot prune {bad} of 12 weights"):
+            count_mask(score, bad)
+
+
+def test_masks_are_built_on_the_score_device():
+    # "meta" stands in for a GPU: a helper tensor made on the default device would move the mask off the score's.
+    score = torch.empty(4, 8, device="meta")
+    assert unstructured_mask(score, 0.5).device == score.device
+    assert nm_mask(score, 2, 4).device == score.device
+    assert count_mask(score, 5).device == score.device
+
+
+def test_follows_nm_needs_whole_groups():
+    assert follows_nm(torch.zeros(2, 8), 2, 4)
+    assert not follows_nm(torch.zeros(2, 6), 2, 4)  # all zeros, but 6 columns are not groups of 4
+
+
+def test_sparsity_is_the_zero_fraction():
+    w = torch.tensor([[0.0, 1.0, -0.0, 2.0], [3.0, 0.0, 4.0, 5.0]])
+    assert sparsity(w) == 3 / 8
