@@ -144,3 +144,13 @@ def test_follows_nm_needs_whole_groups():
 def test_sparsity_is_the_zero_fraction():
     w = torch.tensor([[0.0, 1.0, -0.0, 2.0], [3.0, 0.0, 4.0, 5.0]])
     assert sparsity(w) == 3 / 8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_masks_on_cuda_equal_the_cpu_masks():
+    # the meta device accepts a CPU source in scatter_; CUDA does not, so this is where count_mask's arange is checked
+    score = torch.randint(0, 3, (8, 64), generator=torch.Generator().manual_seed(2)).float()
+    cuda = score.to("cuda")
+    assert torch.equal(count_mask(cuda, 100).cpu(), count_mask(score, 100))
+    assert torch.equal(nm_mask(cuda, 2, 4).cpu(), nm_mask(score, 2, 4))
+    assert torch.equal(unstructured_mask(cuda, 0.5).cpu(), unstructured_mask(score, 0.5))
