@@ -20,10 +20,15 @@ def test_column_norm_of_16_bit_inputs_accumulates_in_float32():
     assert (stat.nsamples, stat.ntokens) == (2, 64)
 
 
-def test_hessian_counts_a_2d_input_as_one_sample():
+def test_a_2d_input_is_one_sample():
     torch.manual_seed(0)
     lin = nn.Linear(6, 3)
     x2, x3 = torch.randn(10, 6), torch.randn(3, 5, 6)
+    norm = ColumnNorm(lin)
+    norm.add(x2)
+    norm.add(x3)
+    assert (norm.nsamples, norm.ntokens) == (4, 25)
+    assert torch.allclose(norm.norm("per-sample"), norm.norm() / 2)
     stat = Hessian(lin)
     stat.add(x2)  # (tokens, features): one sequence
     stat.add(x3)  # (batch, tokens, features): three sequences
