@@ -2,7 +2,9 @@
 # Mutation testing (mutmut 3.x) of the core modules, one module at a time, in scratch copies outside the repo
 # (mutmut writes mutants/). Each module gets its own copy, its own setup.cfg and only the test files that exercise
 # it; inside a run mutmut 3 runs, per mutant, only the tests that called the mutated function (its stats pass).
-# Usage: [MODULES="masks methods/wanda ..."] [JOBS=1] scripts/mutation.sh [GIT_REF] [WORKDIR] [MUTMUT_RUN_ARGS...]
+# Usage: [MODULES="masks methods/wanda ..."] [TESTS="tests/a.py ..."] [JOBS=1] scripts/mutation.sh [GIT_REF] [WORKDIR] \
+#          [MUTANT_NAMES...]
+#   TESTS replaces the module's test list; MUTANT_NAMES (globs) re-run only those mutants (e.g. the survivors).
 #   e.g. MODULES=masks nice -n 19 scripts/mutation.sh HEAD /tmp/mut
 # Writes WORKDIR/<module>/results.txt (mutmut results: the non-killed mutants) and appends one line per module to
 # WORKDIR/summary.tsv: module, mutants, killed, timeout, survived, no tests, other, seconds, mutants/min.
@@ -37,7 +39,7 @@ export WANDAPP_DATA_DIR=${WANDAPP_DATA_DIR:-$repo/../shared/data} PATH="$venv/bi
 # one thread: forked mutant workers must not inherit an OpenMP pool, and the cores are shared
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 for mod in $modules; do
-  tests=$(tests_for "$mod")
+  tests=${TESTS:-$(tests_for "$mod")}
   dir=$work/${mod//\//.}
   rm -rf "$dir" && mkdir -p "$dir"
   git -C "$repo" archive "$ref" | tar -x -C "$dir"
