@@ -22,7 +22,7 @@ tests_for() {  # the test files that exercise a module (mutmut then narrows to t
   case $1 in
     masks) echo tests/test_masks.py ;;
     methods/stats) echo tests/test_stats.py tests/test_sparsegpt.py tests/test_references.py tests/test_methods.py ;;
-    methods/sparsegpt) echo tests/test_sparsegpt_counts.py tests/test_sparsegpt.py tests/test_references.py tests/test_methods.py ;;
+    methods/sparsegpt) echo tests/test_sparsegpt_parts.py tests/test_sparsegpt.py tests/test_references.py tests/test_methods.py ;;
     methods/gblm) echo tests/test_gblm.py ;;
     methods/rmsprop) echo tests/test_gpu.py tests/test_methods.py ;;
     methods/*) echo tests/test_methods.py tests/test_references.py ;;
