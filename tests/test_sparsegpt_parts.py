@@ -64,17 +64,27 @@ def test_inverse_hessian_factor_is_the_damped_inverse():
 
 
 def test_damping_grows_tenfold_until_the_hessian_is_positive_definite(caplog):
-    H = torch.diag(torch.tensor([1.0, 1.0, 1.0, -0.05], dtype=torch.float64))  # mean diagonal 0.7375
-    U = _inverse_hessian_factor(H, 0.01)  # 0.01 * 0.7375 < 0.05 < 0.1 * 0.7375: the second attempt
-    expected = torch.linalg.inv(H + 0.1 * 0.7375 * torch.eye(4, dtype=torch.float64))
+    H = torch.diag(torch.tensor([1.0, 1.0, 1.0, -0.5], dtype=torch.float64))  # mean diagonal 0.625
+    U = _inverse_hessian_factor(H, 0.01)  # 0.1 * 0.625 < 0.5 < 1 * 0.625: the third attempt
+    expected = torch.linalg.inv(H + 1.0 * 0.625 * torch.eye(4, dtype=torch.float64))
     torch.testing.assert_close(U.T @ U, expected, rtol=1e-12, atol=0)
-    assert caplog.messages == ["Hessian not positive definite at damping 0.01; retrying with more"]
+    assert caplog.messages == [f"Hessian not positive definite at damping {d}; retrying with more" for d in (0.01, 0.1)]
 
 
 def test_damping_gives_up_after_1000x():
     H = torch.diag(torch.tensor([1.0, 1.0, 1.0, 1.0, -3.0], dtype=torch.float64))  # 10000x would pass, 1000x not
-    with pytest.raises(torch.linalg.LinAlgError, match="even with 1000x damping"):
+    with pytest.raises(torch.linalg.LinAlgError) as raised:
         _inverse_hessian_factor(H, 0.01)
+    assert str(raised.value) == "Hessian not positive definite even with 1000x damping"
+
+
+def test_diagonal_hessian_nm_is_magnitude_pruning_with_ties_to_the_lower_column():
+    W = torch.randint(1, 4, (8, 256), generator=torch.Generator().manual_seed(0)).double()
+    _, mask = sparsegpt_prune(W, torch.eye(256, dtype=torch.float64), SparsityPattern.parse("2:4"))
+    for r, g in [(r, g) for r in range(8) for g in range(0, 256, 4)]:
+        group = W[r, g : g + 4].tolist()
+        lowest = sorted(range(4), key=lambda j: group[j])[:2]
+        assert sorted(torch.nonzero(mask[r, g : g + 4]).flatten().tolist()) == sorted(lowest)
 
 
 def test_diagonal_hessian_is_magnitude_pruning_per_block_with_ties_to_the_lower_index():
