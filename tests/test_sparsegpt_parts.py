@@ -98,3 +98,13 @@ def test_diagonal_hessian_is_magnitude_pruning_per_block_with_ties_to_the_lower_
         expected = torch.zeros(len(block), dtype=torch.bool)
         expected[lowest] = True
         assert torch.equal(mask[:, i1 : i1 + 128].reshape(-1), expected)
+
+
+def test_the_cpu_column_loop_never_tries_a_cuda_graph(caplog):
+    # graph=True is the default; on the CPU the loop must run eagerly without a failed-recording warning
+    W = torch.randn(16, 256, generator=torch.Generator().manual_seed(0))
+    x = inputs(256)
+    info = {}
+    sparsegpt_prune(W, 2 / 256 * x.T @ x, SparsityPattern.parse("0.5"), info=info)
+    assert info == {"column_loop": "eager"}
+    assert caplog.records == []
