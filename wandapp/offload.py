@@ -90,12 +90,10 @@ class OverlappedShuttle(BlockShuttle):
     """
 
     def __init__(self, device: torch.device):
-        from concurrent.futures import ThreadPoolExecutor
-
         super().__init__(device)
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandapp-shuttle")
+        self.worker = None  # started on the first copy, stopped by flush()
         self.prefetched: dict[int, tuple] = {}  # id(block) -> (its tensors, future of their device copies)
         self.writes: list = []
 
@@ -108,7 +106,7 @@ class OverlappedShuttle(BlockShuttle):
         if id(block) in self.prefetched or any(t.device.type != "cpu" for t in tensors):
             return
         cpu = [t.data for t in tensors]
-        self.prefetched[id(block)] = (tensors, cpu, self.worker.submit(self._upload, cpu))
+        self.prefetched[id(block)] = (tensors, cpu, self._submit(self._upload, cpu))
 
     def to_device(self, block: nn.Module) -> None:
         if id(block) not in self.prefetched:
@@ -147,12 +145,22 @@ class OverlappedShuttle(BlockShuttle):
                 cpu = torch.empty_like(d, device="cpu")
             pairs.append((d, cpu))
             t.data = cpu  # filled by the worker; read it only after flush()
-        self.writes.append(self.worker.submit(self._download, pairs, done))
+        self.writes.append(self._submit(self._download, pairs, done))
 
     def flush(self) -> None:
         writes, self.writes = self.writes, []
         for w in writes:
             w.result()
+        if self.worker is not None and not self.prefetched:  # idle: no thread outlives the walk
+            self.worker.shutdown(wait=True)
+            self.worker = None
+
+    def _submit(self, fn, *args):
+        if self.worker is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wandapp-shuttle")
+        return self.worker.submit(fn, *args)
 
     # ---- on the worker thread
     def _upload(self, cpu: list[torch.Tensor]) -> list[torch.Tensor]:
