@@ -104,3 +104,41 @@ def test_prune_model_output_is_unchanged_by_the_skipped_last_pass(model_and_ids)
     assert logs == [True, True, True]
     for (name, a), (_, b) in zip(pruned.named_parameters(), kept.named_parameters()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("room", [True, False])
+def test_staged_outputs_from_kept_down_proj_inputs_are_the_same(model_and_ids, monkeypatch, room):
+    """The staged pass's outputs from the down_proj inputs it kept equal those from running the MLP again, and a
+    plain forward of the pruned block; weights and statistics are the same either way."""
+    from wandapp import staged
+    from wandapp.adapter import DecoderAdapter
+    from wandapp.masks import apply_mask
+    from wandapp.methods.stats import ColumnNorm
+    from wandapp.methods.wanda import wanda_score
+    from wandapp.walker import BlockContext, capture_block_inputs
+
+    model, ids = model_and_ids
+    adapter = DecoderAdapter.from_model(model)
+    hidden, kwargs = capture_block_inputs(model, adapter, ids, CPU, CPU)
+    runs = []
+    for keep in (True, False):
+        monkeypatch.setattr(staged, "_room_for", lambda *a, keep=keep: keep and room)
+        block = copy.deepcopy(adapter.blocks[1])
+        ctx = BlockContext(1, block, adapter.linears(block), hidden, kwargs, CPU, micro_batch=4)
+        norms = {}
+
+        def prune_group(names, stats, ctx=ctx, norms=norms):
+            for name in names:
+                norms[name] = stats[name].norm().clone()
+                w = ctx.linears[name].weight
+                apply_mask(w.data, SparsityPattern.parse("2:4").mask(wanda_score(w, norms[name])))
+
+        outputs = ctx.prune_in_order(ColumnNorm, prune_group, outputs=True)
+        assert ctx.log["staged_statistics"] and ctx.log["kept_mlp_inputs"] == (keep and room)
+        runs.append((ctx, norms, outputs))
+    (kept, norms, out), (again, ref_norms, ref_out) = runs
+    assert torch.equal(out, ref_out) and out.shape == hidden.shape and out.dtype == hidden.dtype
+    torch.testing.assert_close(out, kept.outputs(), rtol=1e-5, atol=1e-5)
+    for name in ref_norms:
+        assert torch.equal(norms[name], ref_norms[name]) and torch.equal(kept.linears[name].weight,
+                                                                         again.linears[name].weight), name
