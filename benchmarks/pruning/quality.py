@@ -4,8 +4,9 @@ Each run is METHOD@SPARSITY[@key=value,key=value], e.g. `wanda++@2:4@ro_lr=3e-5,
 unpruned model. The model is loaded once; every run starts from its dense weights. Results go to --output as
 JSON lines (one per run, appended as they finish) and a Markdown table is printed at the end.
 
-    python -m benchmarks.pruning.quality --model smollm2 --data-dir DATA --runs dense wanda@2:4 wanda++@2:4 --output q.jsonl
-"""  # noqa: E501
+    python -m benchmarks.pruning.quality --model smollm2 --data-dir DATA --runs dense wanda@2:4 wanda++@2:4 \
+        --output q.jsonl
+"""
 
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def main() -> None:
                "code": stage_code_hash("prune")}  # which version of the pruning code measured it
         if method != "dense":
             pattern = SparsityPattern.parse(sparsity)
-            m = build_method(method, pattern, preset, **({"seed": args.seed, **hyper} if method.startswith("wanda++") else hyper))  # noqa: E501
+            seeded = {"seed": args.seed, **hyper} if method.startswith("wanda++") else hyper
+            m = build_method(method, pattern, preset, **seeded)
             with measured(device) as info:
                 logs = prune_model(model, calib, m, device, offload=False, micro_batch=args.micro_batch)
             gpu_bytes = info["peak_gpu_mem_bytes"]

@@ -7,8 +7,10 @@ import argparse
 
 from ..errors import WandappError
 
+MODEL_HELP = "hub id, save_pretrained folder, .gguf file, or 'smollm2' (embedded)"
 
-def add_model_options(p, model_help: str = "hub id, save_pretrained folder, .gguf file, or 'smollm2' (embedded)") -> None:  # noqa: E501
+
+def add_model_options(p, model_help: str = MODEL_HELP) -> None:
     p.add_argument("--model", required=True, help=model_help)
     add_pickle_option(p)
     p.add_argument("--device", default=None,
