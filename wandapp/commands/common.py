@@ -100,6 +100,14 @@ def require_at_least(args, **minimums) -> None:
             raise WandappError(f"--{name.replace('_', '-')} must be >= {low:g}; got {value:g}")
 
 
+def add_rewrite_options(p, model_help: str, dtype: str, dtype_help: str) -> None:
+    """The options of a command that loads one model and writes it again as a folder (see rewrite_model)."""
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--dtype", default=dtype, help=dtype_help)
+    add_pickle_option(p)
+    add_folder_output(p)
+
+
 def rewrite_model(args, write) -> None:
     """Load --model in --dtype on the CPU; write(model, tokenizer, folder) fills --output, which appears whole or
     not at all."""
