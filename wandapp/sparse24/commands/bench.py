@@ -29,9 +29,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "bench",
         help="time dense vs 2:4 sparse kernels (per linear shape and end to end) on a GPU",
-        description="Swap a 2:4 pruned model's linears for cuSPARSELt or CUTLASS kernels (dense where sparse loses), "
-        "check outputs against the dense model, and time both with CUDA graphs. "
-        "With no GPU it records a skipped result.",
+        description="Swap a 2:4 pruned model's linears for cuSPARSELt or CUTLASS kernels (dense where sparse loses); "
+        "check outputs against the dense model, time both with CUDA graphs. With no GPU it records a skipped result.",
     )
     p.add_argument("--model", required=True, help="2:4 pruned model (folder, hub id, .gguf)")
     add_pickle_option(p)
