@@ -5,12 +5,13 @@ moves one block at a time to the GPU (the default `wandapp prune` mode). Prints 
 A method may carry settings as in quality.py: METHOD[@SPARSITY[@key=value,...]]. Any method of
 wandapp.methods runs, gblm too (its time includes the full-model gradient pass; gradient_chunk=N trades memory).
 
-    python -m benchmarks.pruning.prune_time_7b --methods wanda wanda++ sparsegpt gblm 'wanda++@2:4@loop_norms=ro' --output t.jsonl
+    python -m benchmarks.pruning.prune_time_7b --methods wanda wanda++ sparsegpt gblm 'wanda++@2:4@loop_norms=ro' \\
+        --output t.jsonl
 
 --limit RUN=BLOCKS prunes only the first BLOCKS blocks for that run (a slow method timed on part of the model);
 --tag labels the rows (prune_time_compare.sh: old/new); --tiny and --device cpu test the harness without a GPU.
 The rows name the wandapp they imported, so one harness can time an older checkout (PYTHONPATH=OLD python -P -m).
-"""  # noqa: E501
+"""
 
 from __future__ import annotations
 
@@ -85,6 +86,8 @@ def main() -> None:
     ap.add_argument("--tag", default=None, help="a label for the rows, e.g. old or new")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="hidden 64, MLP 128: tests the harness (on the CPU too)")
+    ap.add_argument("--no-overlap", action="store_true",
+                    help="synchronous block copies (the walker's ResidentWeights(overlap=False)): the overlap's share")
     ap.add_argument("--save-masks", default=None, metavar="DIR",
                     help="after each run, save block 0's masks and first weight rows (old-vs-new comparison)")
     args = ap.parse_args()
@@ -111,8 +114,12 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         try:
+            weights = None
+            if args.no_overlap:  # only this tree's walker has the switch
+                from wandapp.walker import ResidentWeights
+                weights = ResidentWeights(device, offload=not args.keep_on_device, overlap=False)
             logs = prune_model(model, ids, method, device, offload=not args.keep_on_device,
-                               micro_batch=args.micro_batch)
+                               micro_batch=args.micro_batch, weights=weights)
         finally:
             model.model.layers = all_blocks
         if cuda:
@@ -128,6 +135,8 @@ def main() -> None:
                "shape": "tiny" if args.tiny else "7b"}
         if args.tag:
             row["tag"] = args.tag
+        if args.no_overlap:
+            row["overlap"] = False
         loops = sorted({log["column_loop"] for log in logs or [] if isinstance(log, dict) and "column_loop" in log})
         if loops:
             row["column_loop"] = "+".join(loops)
