@@ -106,18 +106,21 @@ def run_prune(args, source: Path, calib: Path, out: Path, method: str, stream: b
 
 
 def weight_digests(folder: Path) -> dict[str, str]:
-    """sha256 of every tensor's bytes, one tensor at a time: outputs are compared by digest, so each can be deleted
-    before the next run (the full 13B source and two outputs would not fit a 64 GB disk)."""
-    import hashlib
-
+    """A digest of every tensor's bytes, one tensor at a time: outputs are compared by digest, so each can be deleted
+    before the next run (the full 13B source and two outputs would not fit a 64 GB disk). xxh3-128 where the xxhash
+    package is there (the device image has it; ~9x sha256's speed here), else sha256."""
     from safetensors import safe_open
 
+    try:
+        from xxhash import xxh3_128 as digest
+    except ImportError:
+        from hashlib import sha256 as digest
     out = {}
     for path in sorted(folder.glob("*.safetensors")):
         with safe_open(path, framework="pt") as f:
             for k in f.keys():
                 t = f.get_tensor(k)
-                out[k] = f"{t.dtype}{tuple(t.shape)}" + hashlib.sha256(t.contiguous().view(torch.uint8).numpy()).hexdigest()  # noqa: E501
+                out[k] = f"{t.dtype}{tuple(t.shape)}" + digest(t.contiguous().view(torch.uint8).numpy()).hexdigest()
     return out
 
 
@@ -159,6 +162,7 @@ def main() -> None:
               "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None, "code": stage_code_hash("prune")}
     with open(args.output, "a") as log:
         def emit(row):
+            row = {**row, "elapsed_s": round(time.perf_counter() - start, 1)}  # since the model write began
             print(json.dumps(row), flush=True)
             log.write(json.dumps(row) + "\n")
             log.flush()
