@@ -77,7 +77,11 @@ def should_stream(spec: str, dtype: torch.dtype, margin: float = 0.8) -> bool:
     if src.kind == "gguf":
         from .stream_gguf import gguf_dense_bytes
 
-        return gguf_dense_bytes(Path(src.path) / src.gguf_file, dtype) > margin * psutil.virtual_memory().available
+        path, room = Path(src.path) / src.gguf_file, margin * psutil.virtual_memory().available
+        # no GGUF type packs a weight in under 1.5 bits: a file that fits even so needs no header parse (seconds)
+        if path.stat().st_size * 8 / 1.5 * torch.empty(0, dtype=dtype).element_size() <= room:
+            return False
+        return gguf_dense_bytes(path, dtype) > room
     folder = checkpoint_folder(src)
     if folder is None:
         return False

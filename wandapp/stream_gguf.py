@@ -52,7 +52,10 @@ class GgufCheckpoint:
         except ImportError as e:
             raise WandappError(f"--stream from a GGUF needs the gguf package (pip install gguf): {e}") from None
         self.path = Path(path)
-        self.reader = GGUFReader(self.path)  # a memory map; tensor data is read when dequantised
+        try:
+            self.reader = GGUFReader(self.path)  # a memory map; tensor data is read when dequantised
+        except Exception as e:  # noqa: BLE001
+            raise WandappError(f"cannot read {self.path} as GGUF: {e}") from e
         arch = read_field(self.reader, "general.architecture")[0]
         processor_class = TENSOR_PROCESSORS.get(arch)
         if processor_class is not None and processor_class.__name__ not in ONE_TO_ONE:
@@ -86,10 +89,13 @@ class GgufCheckpoint:
 
 
 def gguf_dense_bytes(path: str | os.PathLike, dtype: torch.dtype) -> int:
-    """The bytes of every tensor of a GGUF once dequantised to `dtype` (header only; 0 without the gguf package)."""
+    """The bytes of every tensor of a GGUF once dequantised to `dtype` (header only). 0 without the gguf package or
+    for an unreadable file: the load that follows reports that in full."""
     try:
         from gguf import GGUFReader
-    except ImportError:
+
+        tensors = GGUFReader(path).tensors
+    except Exception:  # noqa: BLE001
         return 0
     size = torch.empty(0, dtype=dtype).element_size()
-    return sum(int(t.n_elements) * size for t in GGUFReader(path).tensors)
+    return sum(int(t.n_elements) * size for t in tensors)
