@@ -52,6 +52,16 @@ def pickle_only(folder: Path, model_dir: Path) -> str:
     return str(folder)
 
 
+def bad_calibration(name: str, content: torch.Tensor | bytes | str, message: str):
+    """A case: prune calibrating on scratch/name holding content (a tensor is saved as input_ids) fails with message."""
+
+    def build(d: Path, m: str, data: str) -> list:
+        path = calib(d / name, content) if isinstance(content, torch.Tensor) else write(d / name, content)
+        return [*PRUNE, "--model", m, "--output", "o", "--calibration", path]
+
+    return build, message, False
+
+
 # name -> (argv builder (scratch folder, model folder, data folder), message fragment, loads the model)
 CASES = {
     "output-user-folder": (lambda d, m, data: ["convert", "--model", m, "--output", user_folder(d)],
@@ -67,27 +77,16 @@ CASES = {
     "output-unwritable": (lambda d, m, data: [*PRUNE, "--model", m, "--output", "/proc/self/wandapp-out"],
                           "cannot write", False),
     "ppl-output-folder": (lambda d, m, data: [*PPL, "--model", m, "--output", str(d)], "current folder", False),
-    "calib-id-at-vocab": (lambda d, m, data: [*PRUNE, "--model", m, "--output", "o", "--calibration",
-                                              calib(d / "c.safetensors", torch.full((2, 8), 49152))],
-                          "vocabulary size 49152", False),
-    "calib-id-negative": (lambda d, m, data: [*PRUNE, "--model", m, "--output", "o", "--calibration",
-                                              calib(d / "c.safetensors", torch.full((2, 8), -1))], "negative", False),
-    "calib-0-rows-safetensors": (lambda d, m, data: [*PRUNE, "--model", m, "--output", "o", "--calibration",
-                                                     calib(d / "c.safetensors", torch.zeros(0, 8, dtype=torch.long))],
-                                 "0 calibration windows", False),
-    "calib-0-rows-jsonl": (lambda d, m, data: [*PRUNE, "--model", m, "--output", "o", "--calibration",
-                                               write(d / "c.jsonl", "")], "holds no text", False),
-    "calib-0-rows-txt": (lambda d, m, data: [*PRUNE, "--model", m, "--output", "o", "--calibration",
-                                             write(d / "c.txt", "\n\n")], "holds no text", False),
-    "calib-jsonl-list-row": (lambda d, m, data: [*PRUNE, "--model", m, "--output", "o", "--calibration",
-                                                 write(d / "c.jsonl", '{"text": "a"}\n[1, 2]\n')],
-                             "c.jsonl:2: not an object", False),
-    "calib-jsonl-number-text": (lambda d, m, data: [*PRUNE, "--model", m, "--output", "o", "--calibration",
-                                                    write(d / "c.jsonl", '{"text": 5}\n')], "not an object", False),
-    "calib-jsonl-string-row": (lambda d, m, data: [*PRUNE, "--model", m, "--output", "o", "--calibration",
-                                                   write(d / "c.jsonl", '"text"\n')], "not an object", False),
-    "calib-txt-not-utf8": (lambda d, m, data: [*PRUNE, "--model", m, "--output", "o", "--calibration",
-                                               write(d / "c.txt", b"caf\xe9 \xff\xfe")], "not UTF-8", False),
+    "calib-id-at-vocab": bad_calibration("c.safetensors", torch.full((2, 8), 49152), "vocabulary size 49152"),
+    "calib-id-negative": bad_calibration("c.safetensors", torch.full((2, 8), -1), "negative"),
+    "calib-0-rows-safetensors": bad_calibration("c.safetensors", torch.zeros(0, 8, dtype=torch.long),
+                                                "0 calibration windows"),
+    "calib-0-rows-jsonl": bad_calibration("c.jsonl", "", "holds no text"),
+    "calib-0-rows-txt": bad_calibration("c.txt", "\n\n", "holds no text"),
+    "calib-jsonl-list-row": bad_calibration("c.jsonl", '{"text": "a"}\n[1, 2]\n', "c.jsonl:2: not an object"),
+    "calib-jsonl-number-text": bad_calibration("c.jsonl", '{"text": 5}\n', "not an object"),
+    "calib-jsonl-string-row": bad_calibration("c.jsonl", '"text"\n', "not an object"),
+    "calib-txt-not-utf8": bad_calibration("c.txt", b"caf\xe9 \xff\xfe", "not UTF-8"),
     "prune-nsamples-0": (lambda d, m, data: [*PRUNE, "--model", m, "--output", "o", "--nsamples", "0"],
                          "--nsamples must be >= 1", False),
     "prune-seqlen-1": (lambda d, m, data: [*PRUNE, "--model", m, "--output", "o", "--seqlen", "1"],

@@ -272,7 +272,8 @@ def test_interleaved_medians_alternate_the_fns_and_take_each_median(monkeypatch)
 
 
 def _fake_graphs(monkeypatch, runner):
-    """capture_prefill / replay / decode stand-ins: a graph is its (model kind, batch, length); dense 10 ms, sparse 8."""  # noqa: E501
+    """capture_prefill / replay / decode stand-ins: a graph is its (model kind, batch, length); dense 10 ms,
+    sparse 8."""
     from wandapp.sparse24 import timing
     from wandapp.sparse24.sparse_linear import SparseLinear
 

@@ -223,7 +223,8 @@ def test_model_on_cutlass_kernels_matches_dense_eager_and_compiled():
     with torch.inference_mode():
         dense = model(input_ids=ids, use_cache=False).logits.float()
         swap_in_sparse_linears(model, lambda o, i: (16, 0, 1, choice),
-                               lambda h, i: (16, (0, 1, choice), (0, 1, "cutlass/128x256x64_c1x1_coop/swizzle2/along_n")))  # noqa: E501
+                               lambda h, i: (16, (0, 1, choice),
+                                             (0, 1, "cutlass/128x256x64_c1x1_coop/swizzle2/along_n")))
         eager = model(input_ids=ids, use_cache=False).logits.float()
         with compiled_blocks(model):
             compiled = model(input_ids=ids, use_cache=False).logits.float()

@@ -82,7 +82,8 @@ def test_nm_needs_divisible_columns():
 
 
 @pytest.mark.parametrize("text,label,path", [("2:4", "2:4", "2-4"), ("4:8", "4:8", "4-8"), ("0.5", "0.5", "0.5"),
-                                             ("0.50", "0.5", "0.5"), (".7", "0.7", "0.7"), ("0", "0", "0")])
+                                             ("0.50", "0.5", "0.5"), (".7", "0.7", "0.7"), ("0", "0", "0"),
+                                             ("0.1234567", "0.1234567", "0.1234567"), ("1e-5", "0.00001", "0.00001")])
 def test_pattern_label_and_path_label_round_trip(text, label, path):
     from wandapp.workflow import LORA_SUFFIX, path_label, pattern_of
 

@@ -249,3 +249,15 @@ def test_presets_and_seed_reach_wandapp_only():
                                                                                           "percdamp": 0.1}
     with pytest.raises(WandappError, match="percdamp must be > 0"):
         build_method("sparsegpt", pattern, percdamp=0.0)
+
+
+@pytest.mark.parametrize("precision, inside", [("tf32", True), ("fp32", False), ("bf16", False)])
+def test_compute_precision_sets_tf32_only_inside_and_restores_it_after_an_error(precision, inside):
+    from wandapp.methods.wanda_plus_plus import compute_precision
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    with pytest.raises(RuntimeError, match="inside"):
+        with compute_precision(torch.device("cuda"), precision):  # the flag is settable without a GPU
+            assert torch.backends.cuda.matmul.allow_tf32 is (inside or before)
+            raise RuntimeError("inside")
+    assert torch.backends.cuda.matmul.allow_tf32 is before

@@ -41,7 +41,8 @@ def test_wgmma_reads_are_the_fewest_the_warpgroup_tile_allows(ncu_table, report)
 
 
 def test_the_printed_metric_list_is_what_the_h200_reports_hold(ncu_table):
-    """benchmarks/kernels/ncu_smem_h200.sh asks ncu for RAW_METRICS; each committed report has a column for every one."""  # noqa: E501
+    """benchmarks/kernels/ncu_smem_h200.sh asks ncu for RAW_METRICS; each committed report has a column for every
+    one."""
     for report in sorted(H200_REPORTS.glob("*_smem.csv")):
         header = next(iter(ncu_table.csv.reader([ncu_table._split(report)[1][0]])))
         assert set(ncu_table.RAW_METRICS.values()) <= set(header), report.name

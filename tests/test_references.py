@@ -270,7 +270,8 @@ def test_sparsegpt_matches_a_plain_reference_beyond_one_block(sparsity, cols):
     plain column-by-column algorithm: the same mask, the same updated weights."""
     g = torch.Generator().manual_seed(cols)
     rows = 24
-    X = torch.randn(1500, cols, generator=g) @ (torch.eye(cols) + 0.3 * torch.randn(cols, cols, generator=g) / cols**0.5)  # noqa: E501
+    mix = torch.eye(cols) + 0.3 * torch.randn(cols, cols, generator=g) / cols**0.5
+    X = torch.randn(1500, cols, generator=g) @ mix
     X[:, 7] = 0  # a dead input: its column is zeroed and left out of the Hessian
     stat = Hessian(torch.nn.Linear(cols, rows))
     stat.add(X.view(3, 500, cols))

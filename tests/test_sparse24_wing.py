@@ -77,7 +77,8 @@ def _loaded_modules(code: str) -> set[str]:
     import subprocess
     import sys
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PACKAGE.parent), os.environ.get("PYTHONPATH")])))  # noqa: E501
+    pythonpath = os.pathsep.join(filter(None, [str(PACKAGE.parent), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=pythonpath)
     r = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, env=env,
                        cwd=PACKAGE.parent, check=True)
     rows = [line.split("|") for line in r.stderr.splitlines() if line.startswith("import time:")]

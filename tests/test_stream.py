@@ -33,11 +33,12 @@ def tensors(folder):
 def sharded(tmp_path_factory, tokenizer):
     """A 3-block tiny Llama saved in shards of 100 kB (9 shards and an index), and cached calibration windows."""
     root = tmp_path_factory.mktemp("stream")
-    build_tiny_llama(num_hidden_layers=3, tie_word_embeddings=False).save_pretrained(root / "src", max_shard_size="100KB")  # noqa: E501
+    model = build_tiny_llama(num_hidden_layers=3, tie_word_embeddings=False)
+    model.save_pretrained(root / "src", max_shard_size="100KB")
     tokenizer.save_pretrained(root / "src")
     assert len(list((root / "src").glob("*.safetensors"))) > 3 and (root / "src/model.safetensors.index.json").is_file()
-    save_calibration(root / "calib.safetensors", torch.randint(0, 49152, (8, 32), generator=torch.Generator().manual_seed(0)),  # noqa: E501
-                     {"source": "random"})
+    ids = torch.randint(0, 49152, (8, 32), generator=torch.Generator().manual_seed(0))
+    save_calibration(root / "calib.safetensors", ids, {"source": "random"})
     return root
 
 
@@ -70,7 +71,8 @@ def test_streamed_output_loads_with_from_pretrained(sharded, tmp_path):
     assert run_cli("prune", "--model", sharded / "src", "--method", "wanda", "--sparsity", "2:4", *CPU, "--stream",
                    "--calibration", sharded / "calib.safetensors", "--output", tmp_path / "out") == 0
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
-    assert torch.equal(model.model.layers[2].mlp.up_proj.weight, tensors(tmp_path / "out")["model.layers.2.mlp.up_proj.weight"])  # noqa: E501
+    saved = tensors(tmp_path / "out")["model.layers.2.mlp.up_proj.weight"]
+    assert torch.equal(model.model.layers[2].mlp.up_proj.weight, saved)
     assert (model.model.layers[2].mlp.up_proj.weight == 0).float().mean() == 0.5
 
 

@@ -8,7 +8,6 @@ schema error as one line, then checks what a schema cannot: method labels, N:M v
 from __future__ import annotations
 
 import os
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from .errors import WandappError
@@ -49,17 +48,12 @@ def schema_error(config: dict, schema: dict) -> str | None:
 
 
 def sparsity_label(text) -> str:
-    """One label per sparsity: '0.5', '.5' and '0.50' -> '0.5'; 'N:M' as given. Raises ValueError."""
-    text = str(text).strip()
-    pattern = SparsityPattern.parse(text)  # WandappError for N >= M, a zero, a ratio outside [0, 1)
-    if pattern.is_nm:
-        return f"{pattern.n}:{pattern.m}"
-    if pattern.ratio == 0:
+    """One label per sparsity (SparsityPattern.label): '0.5', '.5' and '0.50' -> '0.5'; 'N:M' as given.
+    Raises WandappError for N >= M, a ratio outside [0, 1), and 0 (which prunes nothing)."""
+    pattern = SparsityPattern.parse(text)
+    if not pattern.is_nm and pattern.ratio == 0:
         raise WandappError("sparsity 0 prunes nothing (the dense baseline is `dense: true`)")
-    try:
-        return format(Decimal(text).normalize(), "f")
-    except InvalidOperation:
-        raise WandappError(f"invalid sparsity {text!r}") from None
+    return pattern.label
 
 
 def _check_sparsities(config: dict, key: str, values: list) -> list[str]:

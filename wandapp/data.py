@@ -101,7 +101,9 @@ def wikitext2_rows(split: str, root: Path | None) -> list[str]:
     if root is not None:
         path = root / "wikitext2" / "raw" / f"{split}.txt"
         if not path.is_file():
-            hint = " (the shared mirror has no train split: calibrate on c4 or a local file)" if split == "train" else ""  # noqa: E501
+            hint = ""
+            if split == "train":
+                hint = " (the shared mirror has no train split: calibrate on c4 or a local file)"
             raise DataError(f"missing data file: {path}{hint}")
         text = read_text(path)
         return [line if line.strip() else "" for line in text.splitlines(keepends=True)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 
 from .errors import WandappError
 
@@ -28,7 +29,11 @@ class SparsityPattern:
 
     @property
     def label(self) -> str:
-        return f"{self.n}:{self.m}" if self.is_nm else f"{self.ratio:g}"
+        """'N:M', or the ratio in plain decimals, every digit kept: '0.50' and '.5' -> '0.5', '1e-5' -> '0.00001'
+        (so the label parses back to the same ratio, and a config spelling and its result folder agree)."""
+        if self.is_nm:
+            return f"{self.n}:{self.m}"
+        return format(Decimal(repr(self.ratio)).normalize(), "f")
 
     @property
     def path_label(self) -> str:

@@ -14,7 +14,8 @@ from .pattern import SparsityPattern
 DENSE = "dense"
 LORA_SUFFIX = "+lora"
 
-__all__ = ["DENSE", "LORA_SUFFIX", "ConfigError", "SparsityPattern", "check_config", "stage_code_hash", "path_label", "pattern_of"]  # noqa: E501
+__all__ = ["DENSE", "LORA_SUFFIX", "ConfigError", "SparsityPattern", "check_config", "stage_code_hash", "path_label",
+           "pattern_of"]
 
 
 def path_label(sparsity: str) -> str:

@@ -178,7 +178,8 @@ def main() -> None:
             top = rec["records"][0]
             best[(name, tokens)] = top
             print(f"{name} {SHAPES[name]} x {tokens}: dense {rec['dense_ms']:.4f} ms, best {top.get('choice')} "
-                  f"{top.get('ms', float('nan')):.4f} ms ({top.get('speedup', 0):.2f}x, err {top.get('rel_err', 0):.1e})",  # noqa: E501
+                  f"{top.get('ms', float('nan')):.4f} ms ({top.get('speedup', 0):.2f}x, "
+                  f"err {top.get('rel_err', 0):.1e})",
                   flush=True)
     for tokens in tokens_list:
         if ("gate+up fused", tokens) in best and ("down", tokens) in best:
@@ -195,11 +196,13 @@ def main() -> None:
               f"({r['products_speedup']:.2f}x); module {r['dense_mlp_ms']:.4f} -> {r['sparse_mlp_ms']:.4f} ms "
               f"({r['mlp_speedup']:.2f}x); err {r['rel_err']:.1e}; gate+up {r['gate_up'][2]}, down {r['down'][2]}")
         for kind, row in r.get("bursts", {}).items():
-            print(f"  bursts at duty {row['duty']}: {kind} {row['ms_per_call']:.4f} ms/call over {row['bursts']} bursts, "  # noqa: E501
+            print(f"  bursts at duty {row['duty']}: {kind} {row['ms_per_call']:.4f} ms/call "
+                  f"over {row['bursts']} bursts, "
                   f"SM {row['sm_mhz']} MHz after a burst")
         if "bursts" in r:
             b = r["bursts"]
-            print(f"  bursts: products speed-up {b['dense_products']['ms_per_call'] / b['sparse_products']['ms_per_call']:.2f}x")  # noqa: E501
+            speedup = b["dense_products"]["ms_per_call"] / b["sparse_products"]["ms_per_call"]
+            print(f"  bursts: products speed-up {speedup:.2f}x")
         for kind, row in r.get("sustained", {}).items():
             print(f"  sustained {kind}: {row['ms_per_call']:.4f} ms/call, SM {row['sm_mhz']} MHz "
                   f"(max {row['max_sm_mhz']}, application {row['app_sm_mhz']}), {row['power_w']:.0f} W of "

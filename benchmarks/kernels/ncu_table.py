@@ -5,11 +5,11 @@
 
 A `--page details` report gives one row per profiled kernel with its duration, SM clock, and the throughputs
 (% of peak) of the SMs, L1/TEX (shared memory included), L2 and DRAM, with the L2 hit rate. A `--page raw`
-report of the shared-memory metrics (RAW_METRICS below; `--print-metrics` prints them for ncu) gives the elapsed SM cycles, the
-tensor pipe's busy share, the shared-memory wavefronts (all, and those of `wgmma` operand reads), the shared
-pipe's load and the `wgmma` bank conflicts. Rows are labelled by the products profile_products.py printed, in
-launch order, unless --labels says otherwise; ncu's preamble lines are skipped.
-"""  # noqa: E501
+report of the shared-memory metrics (RAW_METRICS below; `--print-metrics` prints them for ncu) gives the elapsed
+SM cycles, the tensor pipe's busy share, the shared-memory wavefronts (all, and those of `wgmma` operand reads),
+the shared pipe's load and the `wgmma` bank conflicts. Rows are labelled by the products profile_products.py
+printed, in launch order, unless --labels says otherwise; ncu's preamble lines are skipped.
+"""
 
 from __future__ import annotations
 
@@ -75,7 +75,8 @@ def is_raw(path: Path) -> bool:
 
 
 def row(label: str, metrics: dict[str, float]) -> str:
-    cells = [f"{metrics.get('Duration', float('nan')) / 1e6:.3f}", f"{metrics.get('SM Frequency', float('nan')) / 1e6:.0f}"]  # noqa: E501
+    cells = [f"{metrics.get('Duration', float('nan')) / 1e6:.3f}",
+             f"{metrics.get('SM Frequency', float('nan')) / 1e6:.0f}"]
     cells += [f"{metrics.get(name, float('nan')):.1f}" for name in list(COLUMNS)[2:]]
     return f"| {label} | " + " | ".join(cells) + " |"
 

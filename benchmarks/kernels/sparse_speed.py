@@ -41,7 +41,8 @@ def self_check(device) -> None:
 
 
 def print_tables(result) -> None:
-    print("\n| shape | tokens | dense ms | sparse ms | speedup | layer ms | layer speedup | alg,splitk | layout | chosen |")  # noqa: E501
+    print("\n| shape | tokens | dense ms | sparse ms | speedup | layer ms | layer speedup | alg,splitk | layout "
+          "| chosen |")
     for r in result["linear"]:
         print(f"| {r['name']} {r['out_features']}x{r['in_features']} | {r['tokens']} | {r['dense_ms']:.4f} | "
               f"{r['sparse_ms']:.4f} | {r['speedup']:.2f} | {r['sparse_layer_ms']:.4f} | {r['layer_speedup']:.2f} | "
@@ -72,7 +73,8 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--self-check", action="store_true")
     ap.add_argument("--no-e2e", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="tuning at 2048 tokens only, 3 token counts, prefill 1x2048 only")  # noqa: E501
+    ap.add_argument("--quick", action="store_true",
+                    help="tuning at 2048 tokens only, 3 token counts, prefill 1x2048 only")
     ap.add_argument("--layouts", default=DEFAULT_LAYOUTS,
                     help="cuSPARSELt layouts the tuner tries: torch, natural, all, or names (default: %(default)s)")
     ap.add_argument("--no-fuse-mlp", dest="fuse_mlp", action="store_false", help="MLPs per linear")

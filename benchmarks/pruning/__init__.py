@@ -1,1 +1,4 @@
-"""Pruning benchmarks: perplexity and zero-shot quality, prune time and its profile (GPU; python -m benchmarks.pruning.X)."""  # noqa: E501
+"""Pruning benchmarks: perplexity and zero-shot quality, prune time and its profile.
+
+GPU; run each as `python -m benchmarks.pruning.X`.
+"""

@@ -7,8 +7,8 @@ Stages: prune (dense copy + the three 2:4 models), tasks, lora (+ ppl and tasks 
 
     python -m benchmarks.pruning.eval_tasks_lora --base smollm2 --data-dir DATA --work W --stages prune,tasks
     python -m benchmarks.pruning.eval_tasks_lora --base smollm2 --data-dir DATA --work W --stages prune,lora
-    python -m benchmarks.pruning.eval_tasks_lora --work W --stages table      # also over folders gathered from both runs
-"""  # noqa: E501
+    python -m benchmarks.pruning.eval_tasks_lora --work W --stages table    # also over folders gathered from both runs
+"""
 
 from __future__ import annotations
 

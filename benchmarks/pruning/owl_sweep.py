@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.pruning.runs import add_run_args
 from wandapp.codeversion import stage_code_hash
 from wandapp.data import calibration_windows, data_root, eval_tokens
 from wandapp.evaluate.ppl import perplexity
@@ -56,21 +57,13 @@ def table(rows: list[dict], sparsities: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--dtype", default="float16")
-    ap.add_argument("--nsamples", type=int, default=128)
-    ap.add_argument("--seqlen", type=int, default=2048)
-    ap.add_argument("--seed", type=int, default=0)
+    add_run_args(ap)
     ap.add_argument("--split", default="test")
-    ap.add_argument("--max-windows", type=int, default=None, help="perplexity windows (default: the whole split)")
     ap.add_argument("--sparsities", nargs="+", default=["0.6", "0.7"])
     ap.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt", "wanda++"])
     ap.add_argument("--profiles", nargs="+", default=["uniform", "owl"])
     ap.add_argument("--owl-m", type=float, default=None)
     ap.add_argument("--owl-lambda", type=float, default=None)
-    ap.add_argument("--micro-batch", type=int, default=16)
     ap.add_argument("--output", required=True, help="JSON lines, appended")
     ap.add_argument("--table", default=None, help="Markdown table (default: --output with .md)")
     args = ap.parse_args(argv)

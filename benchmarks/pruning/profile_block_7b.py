@@ -1,10 +1,11 @@
 """Where the time goes when one LLaMA-7B-shaped block is pruned (GPU; random weights, timing only).
 
 Times each phase of a method with CUDA synchronisation (capture, statistics passes, regional gradient, RO rounds,
-output pass) over a few blocks, then profiles one more block (32 samples) with torch.profiler and prints the top CUDA kernels.
+output pass) over a few blocks, then profiles one more block (32 samples) with torch.profiler and prints the top
+CUDA kernels.
 
     python -m benchmarks.pruning.profile_block_7b --methods wanda wanda++ --layers 3 --output $OUT/profile.txt
-"""  # noqa: E501
+"""
 
 from __future__ import annotations
 

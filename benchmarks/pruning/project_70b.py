@@ -94,7 +94,8 @@ def project(row: dict, target: Shape, fixed_s: float | None = None) -> dict:
         cpu = f["runtime_rss_bytes"] + target.params() * BYTES
     gpu = None
     if row.get("peak_gpu_bytes"):
-        gpu = activation_bytes(target, row["nsamples"], row["seqlen"]) + f["gpu_bytes_per_block_param"] * target.block_params()  # noqa: E501
+        gpu = (activation_bytes(target, row["nsamples"], row["seqlen"])
+               + f["gpu_bytes_per_block_param"] * target.block_params())
     return {"method": row["method"], "mode": row["mode"], "target": asdict(target),
             "target_params_b": round(target.params() / 1e9, 2), "from_blocks": row["blocks"],
             "prune_s": round(prune_s, 1), "total_s": round(total_s, 1), "peak_cpu_gb": round(cpu / GB, 2),

@@ -5,12 +5,13 @@ moves one block at a time to the GPU (the default `wandapp prune` mode). Prints 
 A method may carry settings as in quality.py: METHOD[@SPARSITY[@key=value,...]]. Any method of
 wandapp.methods runs, gblm too (its time includes the full-model gradient pass; gradient_chunk=N trades memory).
 
-    python -m benchmarks.pruning.prune_time_7b --methods wanda wanda++ sparsegpt gblm 'wanda++@2:4@loop_norms=ro' --output t.jsonl
+    python -m benchmarks.pruning.prune_time_7b --methods wanda wanda++ sparsegpt gblm 'wanda++@2:4@loop_norms=ro' \\
+        --output t.jsonl
 
 --limit RUN=BLOCKS prunes only the first BLOCKS blocks for that run (a slow method timed on part of the model);
 --tag labels the rows (prune_time_compare.sh: old/new); --tiny and --device cpu test the harness without a GPU.
 The rows name the wandapp they imported, so one harness can time an older checkout (PYTHONPATH=OLD python -P -m).
-"""  # noqa: E501
+"""
 
 from __future__ import annotations
 

@@ -4,8 +4,9 @@ Each run is METHOD@SPARSITY[@key=value,key=value], e.g. `wanda++@2:4@ro_lr=3e-5,
 unpruned model. The model is loaded once; every run starts from its dense weights. Results go to --output as
 JSON lines (one per run, appended as they finish) and a Markdown table is printed at the end.
 
-    python -m benchmarks.pruning.quality --model smollm2 --data-dir DATA --runs dense wanda@2:4 wanda++@2:4 --output q.jsonl
-"""  # noqa: E501
+    python -m benchmarks.pruning.quality --model smollm2 --data-dir DATA --runs dense wanda@2:4 wanda++@2:4 \\
+        --output q.jsonl
+"""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import json
 
 import torch
 
-from benchmarks.pruning.runs import parse_run  # noqa: F401 (also imported from here)
+from benchmarks.pruning.runs import add_run_args, parse_run
 from wandapp.codeversion import stage_code_hash
 from wandapp.data import calibration_windows, data_root, eval_tokens
 from wandapp.evaluate.ppl import perplexity
@@ -37,17 +38,9 @@ def best_run(path: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--dtype", default="float16")
-    ap.add_argument("--nsamples", type=int, default=128)
-    ap.add_argument("--seqlen", type=int, default=2048)
-    ap.add_argument("--seed", type=int, default=0)
+    add_run_args(ap)
     ap.add_argument("--splits", default="validation,test")
-    ap.add_argument("--max-windows", type=int, default=None)
     ap.add_argument("--runs", nargs="+", required=True)
-    ap.add_argument("--micro-batch", type=int, default=16)
     ap.add_argument("--tuned-from", default=None,
                     help="results file: a run's hyper string 'best' means the best Wanda++ setting found there")
     ap.add_argument("--output", required=True)
@@ -71,7 +64,8 @@ def main() -> None:
                "code": stage_code_hash("prune")}  # which version of the pruning code measured it
         if method != "dense":
             pattern = SparsityPattern.parse(sparsity)
-            m = build_method(method, pattern, preset, **({"seed": args.seed, **hyper} if method.startswith("wanda++") else hyper))  # noqa: E501
+            seeded = {"seed": args.seed, **hyper} if method.startswith("wanda++") else hyper
+            m = build_method(method, pattern, preset, **seeded)
             with measured(device) as info:
                 logs = prune_model(model, calib, m, device, offload=False, micro_batch=args.micro_batch)
             gpu_bytes = info["peak_gpu_mem_bytes"]

@@ -83,7 +83,8 @@ def write_tokenizer(folder: Path, vocab: int) -> None:
     words = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, vocab)}}
     tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>").save_pretrained(folder)  # noqa: E501
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(folder)
 
 
 def run_prune(args, source: Path, calib: Path, out: Path, method: str, stream: bool) -> dict:
@@ -117,7 +118,8 @@ def weight_digests(folder: Path) -> dict[str, str]:
         with safe_open(path, framework="pt") as f:
             for k in f.keys():
                 t = f.get_tensor(k)
-                out[k] = f"{t.dtype}{tuple(t.shape)}" + hashlib.sha256(t.contiguous().view(torch.uint8).numpy()).hexdigest()  # noqa: E501
+                digest = hashlib.sha256(t.contiguous().view(torch.uint8).numpy()).hexdigest()
+                out[k] = f"{t.dtype}{tuple(t.shape)}" + digest
     return out
 
 

@@ -7,8 +7,10 @@ import argparse
 
 from ..errors import WandappError
 
+MODEL_HELP = "hub id, save_pretrained folder, .gguf file, or 'smollm2' (embedded)"
 
-def add_model_options(p, model_help: str = "hub id, save_pretrained folder, .gguf file, or 'smollm2' (embedded)") -> None:  # noqa: E501
+
+def add_model_options(p, model_help: str = MODEL_HELP) -> None:
     p.add_argument("--model", required=True, help=model_help)
     add_pickle_option(p)
     p.add_argument("--device", default=None,
@@ -96,6 +98,14 @@ def require_at_least(args, **minimums) -> None:
         value = getattr(args, name)
         if value is not None and value < low:
             raise WandappError(f"--{name.replace('_', '-')} must be >= {low:g}; got {value:g}")
+
+
+def add_rewrite_options(p, model_help: str, dtype: str, dtype_help: str) -> None:
+    """The options of a command that loads one model and writes it again as a folder (see rewrite_model)."""
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--dtype", default=dtype, help=dtype_help)
+    add_pickle_option(p)
+    add_folder_output(p)
 
 
 def rewrite_model(args, write) -> None:

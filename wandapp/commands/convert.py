@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_folder_output, add_pickle_option, rewrite_model
+from .common import add_rewrite_options, rewrite_model
 
 
 def register(sub) -> None:
@@ -12,10 +12,8 @@ def register(sub) -> None:
         description="Load a model from any supported source and write a save_pretrained folder, once, so later "
         "stages load it fast (GGUF files are dequantized on every load).",
     )
-    p.add_argument("--model", required=True, help="hub id, save_pretrained folder, .gguf file, or 'smollm2'")
-    p.add_argument("--dtype", default="float32", help="weight dtype of the saved folder (default float32)")
-    add_pickle_option(p)
-    add_folder_output(p)
+    add_rewrite_options(p, "hub id, save_pretrained folder, .gguf file, or 'smollm2'", "float32",
+                        "weight dtype of the saved folder (default float32)")
     p.set_defaults(func=run)
 
 

@@ -33,7 +33,8 @@ def register(sub) -> None:
         f"of {', '.join(MIRROR_TASKS)}; without one, any lm-eval task comes from the hub",
     )
     p.add_argument("--num-fewshot", type=int, default=0, help="in-context examples per question (default 0)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples of each task (quick runs)")  # noqa: E501
+    p.add_argument("--limit", type=int, default=None,
+                   help="evaluate only the first N examples of each task (quick runs)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default 8)")
     add_data_option(p)
     p.add_argument("--seed", type=int, default=0, help="seed for few-shot sampling (default 0)")

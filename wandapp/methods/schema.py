@@ -38,7 +38,8 @@ def entry_properties() -> dict:
             prop["exclusiveMinimum"] = h.rules["exclusive_minimum"]
         props[h.name] = {**prop, "description": h.description}
     props.update(profile_properties())
-    props["extra_args"] = {"type": "string", "description": "further `wandapp prune` flags, passed to the shell verbatim (not quoted)"}  # noqa: E501
+    props["extra_args"] = {"type": "string",
+                           "description": "further `wandapp prune` flags, passed to the shell verbatim (not quoted)"}
     return props
 
 

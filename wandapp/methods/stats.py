@@ -49,7 +49,7 @@ class Hessian:
         t = x.reshape(-1, x.shape[-1])
         exact_in_tf32 = t.is_cuda and t.dtype in (torch.float16, torch.bfloat16)
         t = t.float()
-        with _tf32_matmul(exact_in_tf32):
+        with tf32_matmul(exact_in_tf32):
             self.sum.addmm_(t.T, t)
 
     @property
@@ -58,7 +58,8 @@ class Hessian:
 
 
 @contextlib.contextmanager
-def _tf32_matmul(enabled: bool):
+def tf32_matmul(enabled: bool = True):
+    """With `enabled`, CUDA float32 matmuls use TF32 matrix units inside the block; the old setting comes back."""
     if not enabled:
         yield
         return

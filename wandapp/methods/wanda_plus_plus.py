@@ -24,7 +24,7 @@ from ..masks import apply_mask
 from ..walker import BlockContext
 from .base import Method, hyperparameter
 from .rmsprop import rmsprop
-from .stats import ColumnNorm
+from .stats import ColumnNorm, tf32_matmul
 
 PRECISIONS = ("bf16", "bf16-autocast", "tf32", "fp32")
 X_NORMS = ("l2", "per-sample", "rms")
@@ -41,12 +41,8 @@ def compute_precision(device: torch.device, precision: str):
     if device.type != "cuda" or precision in ("fp32", "bf16"):
         yield
     elif precision == "tf32":
-        previous = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = True
-        try:
+        with tf32_matmul():
             yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = previous
     else:
         # No cast cache: weights are masked and updated in place, and a cached bf16 copy would go stale.
         with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):

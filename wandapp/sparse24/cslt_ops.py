@@ -60,7 +60,8 @@ def _(compressed, x, out_features, alg_id, split_k, layout):
 
 
 def compress(weight: torch.Tensor, layout: Layout, reference: bool = False) -> torch.Tensor:
-    """The weight in the form `cslt_mm` takes: cuSPARSELt's compressed bytes, or with `reference` the weight as stored."""  # noqa: E501
+    """The weight in the form `cslt_mm` takes: cuSPARSELt's compressed bytes, or with `reference` the weight as
+    stored."""
     if reference:
         return reference_compress(weight, layout)
     return context_for(weight.device).compress(weight, layout)

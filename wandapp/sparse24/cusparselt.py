@@ -256,7 +256,8 @@ class _Plan:
         for opaque, (rows, cols, ld, order, _), role in ((self.a, a, "A"), (self.b, b, "B"), (self.c, c, "C")):
             shape = (h, opaque.ptr, i64(rows), i64(cols), i64(ld), u32(16), value, order)
             if role == layout.sparse:
-                lt._check(lib.cusparseLtStructuredDescriptorInit(*shape, _SPARSITY_50), f"StructuredDescriptorInit({role})")  # noqa: E501
+                lt._check(lib.cusparseLtStructuredDescriptorInit(*shape, _SPARSITY_50),
+                          f"StructuredDescriptorInit({role})")
             else:
                 lt._check(lib.cusparseLtDenseDescriptorInit(*shape), f"DenseDescriptorInit({role})")
         lt._check(lib.cusparseLtMatmulDescriptorInit(h, self.matmul.ptr, a[4], b[4], self.a.ptr, self.b.ptr,

@@ -164,7 +164,8 @@ def tune_algorithms(lt, name, shape, tokens, dtype, device, split_ks=(1,), max_a
                       lambda: cutlass.linear(values, meta, x, shape[0], choice, out))
 
         time_choices(cutlass.choices(swizzles=(1,)))
-        ranked = sorted((r for r in records if "sparse_ms" in r and is_cutlass(r["layout"])), key=lambda r: r["sparse_ms"])  # noqa: E501
+        ranked = sorted((r for r in records if "sparse_ms" in r and is_cutlass(r["layout"])),
+                        key=lambda r: r["sparse_ms"])
         top = list(dict.fromkeys(Choice.parse(r["layout"]).config for r in ranked))[:cutlass_top]
         time_choices([c for c in cutlass.choices(swizzles=(2, 4, 8)) if c.config in top])
     return sorted(records, key=lambda r: r.get("sparse_ms", float("inf")))

@@ -299,8 +299,8 @@ def run_bench(model, shapes, device, dtype=torch.float16, tokens=DEFAULT_TOKENS,
         log(f"swept {name} {shape}")
     policy, crossover = make_policy(linear, best)
     for rec in linear:
-        rec["chosen"] = "sparse" if rec["tokens"] >= (crossover[f"{rec['out_features']}x{rec['in_features']}"] or NEVER) \
-            else "dense"  # noqa: E501
+        threshold = crossover[f"{rec['out_features']}x{rec['in_features']}"] or NEVER
+        rec["chosen"] = "sparse" if rec["tokens"] >= threshold else "dense"
     result["linear"] = linear
     result["crossover_tokens"] = crossover
     result["tolerance"] = dict(linear_max_rel_err=max(r["rel_err"] for r in linear))

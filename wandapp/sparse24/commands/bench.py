@@ -29,8 +29,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "bench",
         help="time dense vs 2:4 sparse kernels (per linear shape and end to end) on a GPU",
-        description="Swap a 2:4 pruned model's linears for cuSPARSELt or CUTLASS kernels (dense where sparse loses), check "  # noqa: E501
-        "outputs against the dense model, and time both with CUDA graphs. With no GPU it records a skipped result.",
+        description="Swap a 2:4 pruned model's linears for cuSPARSELt or CUTLASS kernels (dense where sparse loses); "
+        "check outputs against the dense model, time both with CUDA graphs. With no GPU it records a skipped result.",
     )
     p.add_argument("--model", required=True, help="2:4 pruned model (folder, hub id, .gguf)")
     add_pickle_option(p)
@@ -50,9 +50,9 @@ def register(sub) -> None:
     p.add_argument("--no-fuse-mlp", dest="fuse_mlp", action="store_false",
                    help="run gated MLPs per linear instead of as one fused gate+up product and down_proj")
     p.add_argument("--cutlass", choices=("auto", "on", "off"), default="auto",
-                   help="also tune CUTLASS's sm90 2:4 kernels (Hopper, float16; built with nvcc and the CUTLASS headers "  # noqa: E501
-                   f"on first use ({INSTALL}), or WANDAPP_CUTLASS_SPARSE=prebuilt.so): auto uses them where they can "
-                   "run")
+                   help="also tune CUTLASS's sm90 2:4 kernels (Hopper, float16; built with nvcc and the CUTLASS "
+                   f"headers on first use ({INSTALL}), or WANDAPP_CUTLASS_SPARSE=prebuilt.so): auto uses them where "
+                   "they can run")
     p.add_argument("--no-compile", dest="compile_blocks", action="store_false",
                    help="skip the prefill timings with torch.compile'd decoder blocks (they compile once per shape)")
     shapes = p.add_mutually_exclusive_group()

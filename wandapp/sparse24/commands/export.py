@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...commands.common import add_folder_output, add_pickle_option, rewrite_model
+from ...commands.common import add_rewrite_options, rewrite_model
 
 
 def register(sub) -> None:
@@ -12,11 +12,9 @@ def register(sub) -> None:
         description="Write a checkpoint that vLLM versions with 2:4 support load (see envs/vllm.yaml). Every "
         "prunable linear must be exactly 2:4; nothing is re-pruned.",
     )
-    p.add_argument("--model", required=True, help="2:4 pruned model (folder, hub id, .gguf)")
+    add_rewrite_options(p, "2:4 pruned model (folder, hub id, .gguf)", "float16",
+                        "weight dtype written (default float16)")
     p.add_argument("--format", default="sparse-24-bitmask", choices=["sparse-24-bitmask"])
-    p.add_argument("--dtype", default="float16", help="weight dtype written (default float16)")
-    add_pickle_option(p)
-    add_folder_output(p)
     p.set_defaults(func=run)
 
 
