@@ -64,6 +64,7 @@ def test_the_job_runs_in_the_clients_folder_and_environment(server, tmp_path, ti
     warm = client(server, *args, cwd=tmp_path, OMP_NUM_THREADS="1", WANDAPP_JOB_LOG="1")
     assert warm.returncode == 0, warm.stderr
     assert "wandapp ppl: start" in warm.stderr and "wandapp ppl: end" in warm.stderr  # WANDAPP_JOB_LOG reached it
+    assert "wandapp warm: job cpu " in warm.stderr
     (tmp_path / "cold").mkdir()
     assert cold(*args, cwd=tmp_path / "cold").returncode == 0
     warm_out, cold_out = (json.loads((d / "ppl.json").read_text()) for d in (tmp_path, tmp_path / "cold"))

@@ -111,6 +111,8 @@ def _child(conn: socket.socket) -> None:
         _take_job_settings()
         _watch_client(conn)
         code = _run(request["argv"])
+        if os.environ.get("WANDAPP_JOB_LOG"):  # a workflow job's log, as runinfo.job_log's start/end lines
+            _log_usage()
     except BaseException:  # noqa: BLE001 - a job must always answer its client
         import traceback
 
@@ -138,6 +140,15 @@ def _take_job_settings() -> None:
         torch.set_num_threads(int(threads))
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _log_usage() -> None:
+    """The job's CPU time and peak memory in its log: Snakemake's benchmark file measures only the client."""
+    import resource
+
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"wandapp warm: job cpu {use.ru_utime + use.ru_stime:.1f} s, max rss {use.ru_maxrss / 1024:.0f} MB "
+          "(forked child; CPU counted from the fork)", file=sys.stderr)
 
 
 def _watch_client(conn: socket.socket) -> None:
