@@ -24,7 +24,10 @@
 # Resume on a fresh machine: put the last wrun-results.tar.gz into .carry/wf-resume/ and carry it with the first
 # call; `start` unpacks it before the workflow starts (the converted base model is rebuilt and dated back, so the
 # finished jobs stay finished; a pending LoRA job whose temp pruned model is gone re-prunes it).
-# Knobs (environment): WRUN, CONFIG (a path in the repo, default workflow/configs/gpu.yaml), CORES (16),
+# Finishing a run with the code that started it: `CODE_REF=<commit> ... pack` ships `git archive <commit>` as the
+# workflow's code (the stage code hashes are Snakemake params, so newer code would re-run every finished job); the
+# device script itself is always this working tree's.
+# Knobs (environment): CODE_REF (pack only), WRUN, CONFIG (a path in the repo, default workflow/configs/gpu.yaml), CORES (16),
 # GPU_SLOTS (4: see gpu.yaml's resources), SMK_CONFIG (extra `--config` items as shell words, e.g.
 # SMK_CONFIG="'eval={tasks: {methods: [wanda, gblm, wanda++-rgs, wanda++]}}'"), PYTHON (python3).
 set -euo pipefail
@@ -62,6 +65,10 @@ pack() {
         c4/c4-en-train.00000-of-01024.first1000.jsonl tasks/wic tasks/mrpc tasks/hellaswag tasks/arc_easy \
         tasks/arc_challenge tasks/winogrande tasks/boolq/validation.super_glue.jsonl tasks/rte tasks/mmlu)
     sha256sum "$gguf" | cut -d' ' -f1 >.carry/wf1/gguf.sha256
+    if [ -n "${CODE_REF:-}" ]; then
+        git archive --format=tar.gz -o .carry/wf1/code.tar.gz "$CODE_REF" || die "CODE_REF $CODE_REF: not a commit"
+        echo "the workflow's code: $CODE_REF ($(git rev-parse --short "$CODE_REF"))"
+    fi
     tree=$(tree_bytes)
     wheels=$(du -cb .whl/*.whl | tail -1 | cut -f1)
     budget=$((LIMIT_MB * 1024 * 1024 - tree))
@@ -181,7 +188,11 @@ launch() {
     [ -f "$WRUN/snakemake.rc" ] && [ "$(cat "$WRUN/snakemake.rc")" = 0 ] && { echo "workflow already finished"; return 0; }
     mkdir -p "$SRC" "$WORK"
     # A snapshot of the code: later calls refresh the repository copy, a running workflow must not see that.
-    tar -C "$REPO" --exclude=./.whl --exclude=./.carry --exclude=./.git --exclude=./results -cf - . | tar -C "$SRC" -xf -
+    if [ -f "$WRUN/incoming/code.tar.gz" ]; then
+        tar -xzf "$WRUN/incoming/code.tar.gz" -C "$SRC"
+    else
+        tar -C "$REPO" --exclude=./.whl --exclude=./.carry --exclude=./.git --exclude=./results -cf - . | tar -C "$SRC" -xf -
+    fi
     restore
     rm -f "$WRUN/snakemake.rc"
     local cmd

@@ -249,3 +249,47 @@ def test_end_to_end_alternating_graphs_replay_after_the_swap():
     assert len(rows["prefill"]) == 8 and all(r["ms"] > 0 for r in rows["prefill"])
     assert len(rows["prefill_speedup"]) == 4 and rows["logits_rel_err"] < 1e-2
     assert rows["compiled_logits_rel_err"] < 1e-2
+
+
+@cuda
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "float-and-back"])
+def test_overlapped_block_copies_match_the_synchronous_ones(method):
+    """Prefetch on a side stream and write-back on a worker thread: the same pruned weights, in the model's own
+    CPU tensors, as BlockShuttle's synchronous copies (a tiny Llama, fp16, offloaded). float-and-back: a visit
+    that swaps the block's tensors for float32 ones and back, as Wanda++ does (whose flash-attention backward
+    is not bitwise deterministic, so it is not compared itself)."""
+    import copy
+
+    from conftest import build_tiny_llama
+    from wandapp.masks import SparsityPattern
+    from wandapp.methods import build_method
+    from wandapp.offload import OverlappedShuttle
+    from wandapp.walker import ResidentWeights, prune_model
+
+    device = torch.device("cuda")
+    model = build_tiny_llama(num_hidden_layers=4).half()
+    ids = torch.randint(0, model.config.vocab_size, (8, 64), generator=torch.Generator().manual_seed(0))
+
+    class FloatAndBack:
+        name = "float-and-back"
+
+        def prune_block(self, ctx):
+            ctx.block.float()
+            with torch.no_grad():
+                for lin in ctx.linears.values():
+                    lin.weight.mul_(0.9).add_(1e-3 * torch.tanh(ctx.outputs().float().mean()).to(device))
+            ctx.block.half()
+
+    runs = []
+    for overlap in (False, True):
+        m = copy.deepcopy(model)
+        ptrs = {n: p.data_ptr() for n, p in m.named_parameters()}
+        weights = ResidentWeights(device, offload=True, overlap=overlap)
+        assert isinstance(weights.shuttle, OverlappedShuttle) == overlap
+        run = FloatAndBack() if method == "float-and-back" else build_method(method, SparsityPattern.parse("2:4"))
+        prune_model(m, ids, run, device, weights=weights)
+        assert all(p.device.type == "cpu" for p in m.parameters())
+        assert {n: p.data_ptr() for n, p in m.named_parameters()} == ptrs
+        runs.append(m)
+    for (name, a), (_, b) in zip(runs[0].named_parameters(), runs[1].named_parameters()):
+        assert torch.equal(a, b), name

@@ -3,13 +3,15 @@
 Sequential pruning needs, for each linear group in forward order, statistics of its input over all samples,
 measured with the earlier groups already pruned. One partial forward per group repeats the early stages (1.36 block
 forwards per prune, 2.36 with the block's outputs). Here each stage runs once over all samples and keeps its
-activations until the next stage has read them: 0.78 forwards (1.45 with outputs). The walker decides when a block
-may be run this way (adapter.BlockParts, checked against the block's own forward).
+activations until the next stage has read them: 0.78 forwards (1.45 with outputs; 1.0 where down_proj's inputs
+can be kept, see stage 4). The walker decides when a block may be run this way (adapter.BlockParts, checked
+against the block's own forward).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
@@ -63,15 +65,60 @@ def prune_in_stages(ctx: BlockContext, block: nn.Module, parts: BlockParts, make
         if outputs:
             resid.append(h.to(store))
     prune_group(gate_up, _feed(make_stat, gate_up, block, normed, device))
-    # 4. down_proj reads act(gate) * up: its statistics stream, nothing is kept
-    stat = make_stat(linear(down[0]))
-    for n in normed:
-        stat.add(input_of(linear(down[0]), lambda n=n: parts.mlp(n.to(device))))
+    # 4. down_proj reads act(gate) * up: its statistics stream. With outputs, those inputs are kept where there is
+    #    room (the MLP being down_proj of them), so the outputs need down_proj alone, not gate and up again:
+    #    the same values (the same batches through the same pruned gate and up), 0.43 of a forward less.
+    down_proj = linear(down[0])
+    keep = outputs and _mlp_ends_in(parts, down_proj, normed[0][:1].to(device)) and _room_for(
+        ctx, store, device, normed, down_proj.in_features)
+    stat, kept = make_stat(down_proj), []
+    for n in (_drain(normed) if keep else normed):
+        a = input_of(down_proj, lambda n=n: parts.mlp(n.to(device)))
+        stat.add(a)
+        if keep:
+            kept.append(a.to(store))
     prune_group(down, {name: stat for name in down})
     if not outputs:
         return None
-    return torch.cat([(h.to(device) + parts.mlp(n.to(device))).to(store, ctx.inputs.dtype)
-                      for h, n in zip(resid, normed)])
+    ctx.log["kept_mlp_inputs"] = keep
+    rows = sum(h.shape[0] for h in resid)
+    if keep:
+        return _fill(ctx, rows, (h.to(device) + down_proj(a.to(device)) for h, a in zip(_drain(resid), _drain(kept))))
+    return _fill(ctx, rows, (h.to(device) + parts.mlp(n.to(device)) for h, n in zip(_drain(resid), _drain(normed))))
+
+
+def _fill(ctx: BlockContext, rows: int, batches) -> torch.Tensor:
+    """The block's outputs, batch by batch into one tensor stored like the inputs (no list + cat copy)."""
+    out = torch.empty((rows, *ctx.inputs.shape[1:]), dtype=ctx.inputs.dtype, device=ctx.inputs.device)
+    s = 0
+    for y in batches:
+        out[s : s + y.shape[0]] = y.to(out.device, out.dtype)
+        s += y.shape[0]
+    return out
+
+
+def _mlp_ends_in(parts: BlockParts, down_proj: nn.Linear, n: torch.Tensor) -> bool:
+    """Is the MLP's output down_proj of down_proj's input (checked on one sample)?"""
+    a = input_of(down_proj, lambda: parts.mlp(n))
+    return torch.equal(parts.mlp(n), down_proj(a))
+
+
+def _room_for(ctx: BlockContext, store: torch.device, device: torch.device, normed: list, width: int) -> bool:
+    """Room to keep every sample's down_proj input (tokens x width) on `store` with a margin: kept on the compute
+    device only (over PCIe the copies cost more than running gate and up again)."""
+    if store.type != device.type:
+        return False
+    tokens = sum(n.shape[0] * n.shape[1] for n in normed)
+    need = tokens * width * normed[0].element_size() * 1.25 + 2**30
+    if store.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(store)
+        free += torch.cuda.memory_reserved(store) - torch.cuda.memory_allocated(store)
+        return free > need
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return False
+    return free / 2 > need
 
 
 def input_of(linear: nn.Linear, forward: Callable[[], object]) -> torch.Tensor:

@@ -29,9 +29,17 @@ from wandapp.methods.stats import ColumnNorm, Hessian
 from wandapp.offload import BlockShuttle
 from wandapp.walker import BlockContext, prune_model
 
+try:  # older checkouts have no overlapped copies
+    from wandapp.offload import OverlappedShuttle
+except ImportError:
+    OverlappedShuttle = None
+
 PHASES = [  # (class or module, "method" for the method instance, None for one this code lacks; attribute; label)
     (BlockShuttle, "to_device", "block to the GPU"),
     (BlockShuttle, "home", "block back to CPU memory"),
+    (OverlappedShuttle, "to_device", "block to the GPU (wait for its prefetch)"),
+    (OverlappedShuttle, "home", "block home (queued)"),
+    (OverlappedShuttle, "flush", "wait for the last copies home"),
     (BlockContext, "collect", "statistics pass (per group)"),
     (walker, "prune_in_stages", "statistics pass (staged)"),
     (BlockContext, "outputs", "output pass"),

@@ -86,6 +86,8 @@ def main() -> None:
     ap.add_argument("--tag", default=None, help="a label for the rows, e.g. old or new")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="hidden 64, MLP 128: tests the harness (on the CPU too)")
+    ap.add_argument("--no-overlap", action="store_true",
+                    help="synchronous block copies (the walker's ResidentWeights(overlap=False)): the overlap's share")
     ap.add_argument("--save-masks", default=None, metavar="DIR",
                     help="after each run, save block 0's masks and first weight rows (old-vs-new comparison)")
     args = ap.parse_args()
@@ -112,8 +114,12 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         try:
+            weights = None
+            if args.no_overlap:  # only this tree's walker has the switch
+                from wandapp.walker import ResidentWeights
+                weights = ResidentWeights(device, offload=not args.keep_on_device, overlap=False)
             logs = prune_model(model, ids, method, device, offload=not args.keep_on_device,
-                               micro_batch=args.micro_batch)
+                               micro_batch=args.micro_batch, weights=weights)
         finally:
             model.model.layers = all_blocks
         if cuda:
@@ -129,6 +135,8 @@ def main() -> None:
                "shape": "tiny" if args.tiny else "7b"}
         if args.tag:
             row["tag"] = args.tag
+        if args.no_overlap:
+            row["overlap"] = False
         loops = sorted({log["column_loop"] for log in logs or [] if isinstance(log, dict) and "column_loop" in log})
         if loops:
             row["column_loop"] = "+".join(loops)

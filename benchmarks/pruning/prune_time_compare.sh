@@ -4,6 +4,7 @@
 #
 #   bash benchmarks/pruning/prune_time_compare.sh --pack OLD      # here: .carry/wandapp-OLD.tar.gz (device has no .git)
 #   bash benchmarks/pruning/prune_time_compare.sh OLD [--tiny]    # on the H200 (carry .carry), or a CPU harness test
+#   ... OLD --only "wanda wanda++"                                  # only these methods (both sides; ~5 min on the H200)
 #
 # Old: wanda, sparsegpt on the first 8 of 32 blocks (about 8.8 s a block; extrapolated per block, the table says
 # so), wanda++ with the paper's defaults. New: the same, sparsegpt on all 32 blocks, plus gblm if this tree has it.
@@ -13,7 +14,7 @@
 set -uo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PY=${PYTHON:-python3}
-[ $# -ge 1 ] || { echo "usage: $0 [--pack] OLD_SHA [--tiny] [--budget S] [--name NAME]" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: $0 [--pack] OLD_SHA [--tiny] [--only 'METHOD ...'] [--budget S] [--name NAME]" >&2; exit 2; }
 if [ "$1" = "--pack" ]; then
   sha=${2:?usage: $0 --pack OLD_SHA}
   mkdir -p "$REPO/.carry"
@@ -22,10 +23,11 @@ if [ "$1" = "--pack" ]; then
   exit 0
 fi
 OLD=$1; shift
-TINY=0; BUDGET=530; NAME=""; OLD_BLOCKS=8
+TINY=0; BUDGET=530; NAME=""; OLD_BLOCKS=8; ONLY=""
 while [ $# -gt 0 ]; do
   case $1 in
     --tiny) TINY=1 ;;
+    --only) ONLY=$2; shift ;;  # e.g. "wanda wanda++": only these methods, on both sides
     --budget) BUDGET=$2; shift ;;
     --name) NAME=$2; shift ;;
     --old-sparsegpt-blocks) OLD_BLOCKS=$2; shift ;;
@@ -59,6 +61,14 @@ mkdir -p "$RESULTS"
 ROWS=$WORK/rows.jsonl
 HAS_GBLM=$(cd "$WORK" && PYTHONPATH="$REPO" $PY -P -c "from wandapp.methods import METHODS; print(int('gblm' in METHODS))" 2>/dev/null || echo 0)
 NEW_RUNS=(wanda sparsegpt "$WPP"); [ "$HAS_GBLM" = 1 ] && NEW_RUNS+=(gblm)
+OLD_RUNS=(wanda sparsegpt "$WPP")
+keep() {  # the runs among "$@" whose method is in --only (all without it)
+  local run; for run in "$@"; do
+    if [ -z "$ONLY" ] || [[ " $ONLY " == *" ${run%%@*} "* ]]; then printf '%s\n' "$run"; fi
+  done
+}
+mapfile -t OLD_RUNS < <(keep "${OLD_RUNS[@]}"); mapfile -t NEW_RUNS < <(keep "${NEW_RUNS[@]}")
+[ ${#NEW_RUNS[@]} -gt 0 ] || { echo "--only '$ONLY' keeps no run" >&2; exit 2; }
 
 side() {  # tag, PYTHONPATH, runs...
   local tag=$1 path=$2; shift 2
@@ -71,7 +81,7 @@ side() {  # tag, PYTHONPATH, runs...
   local rc=$?
   [ $rc = 0 ] || echo "== $tag: exit $rc (124: stopped at the time budget)" >&2
 }
-LIMIT=$OLD_BLOCKS side old "$WORK/old:$REPO" wanda sparsegpt "$WPP"
+[ ${#OLD_RUNS[@]} -gt 0 ] && LIMIT=$OLD_BLOCKS side old "$WORK/old:$REPO" "${OLD_RUNS[@]}"
 LAYERS=$([ $TINY = 1 ] && echo 4 || echo 32)
 LIMIT=$LAYERS side new "$REPO" "${NEW_RUNS[@]}"
 

@@ -113,8 +113,8 @@ class WandaPlusPlus(Method):
             del work
             block.to(dtype)
         # Final prune, in the stored dtype (outside autocast): exact sparsity on the weights as saved. Its pass
-        # over all samples also yields the block's outputs, the next block's inputs.
-        ctx.next_inputs = self.rgs_prune(ctx, G, outputs=True)
+        # over all samples also yields the block's outputs, the next block's inputs (none after the last block).
+        ctx.next_inputs = self.rgs_prune(ctx, G, outputs=ctx.wants_outputs)
 
     def compute_copy(self, ctx: BlockContext) -> nn.Module:
         """The module that computes gradient, RO and statistics passes: on CUDA with precision bf16 a bfloat16
