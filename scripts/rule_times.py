@@ -16,7 +16,6 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-
 # A warm-started job (config warm_start, wandapp/warm.py) runs in a child of the warm server, outside the process
 # tree that Snakemake measures; its log's last lines carry the child's own figures, which replace the client's.
 WARM_USAGE = re.compile(r"^wandapp warm: job cpu ([0-9.]+) s, max rss ([0-9]+) MB", re.M)
