@@ -11,9 +11,14 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+# A warm-started job (config warm_start, wandapp/warm.py) runs in a child of the warm server, outside the process
+# tree that Snakemake measures; its log's last lines carry the child's own figures, which replace the client's.
+WARM_USAGE = re.compile(r"^wandapp warm: job cpu ([0-9.]+) s, max rss ([0-9]+) MB", re.M)
 
 
 def read(results: Path) -> dict[str, list[dict]]:
@@ -21,11 +26,22 @@ def read(results: Path) -> dict[str, list[dict]]:
     root = results / "benchmarks"
     for path in sorted(root.rglob("*.tsv")):
         rule = path.relative_to(root).parts[0].removesuffix(".tsv")
+        usage = warm_usage(results / "logs" / path.relative_to(root).with_suffix(".log"))
         with open(path, newline="") as f:
             for row in csv.DictReader(f, delimiter="\t"):
                 row["_end"] = os.path.getmtime(path)
+                if usage:
+                    row["cpu_time"], row["max_rss"] = usage
                 rows[rule].append(row)
     return rows
+
+
+def warm_usage(log: Path) -> tuple[str, str] | None:
+    try:
+        found = WARM_USAGE.findall(log.read_text(errors="replace")[-4000:])
+    except OSError:
+        return None
+    return found[-1] if found else None
 
 
 def number(row: dict, key: str) -> float:

@@ -61,6 +61,25 @@ def test_wikitext_eval_text_joins_rows(data_dir, tokenizer):
     assert tokens.numel() > 250_000 and "test" in label
 
 
+@pytest.mark.parametrize("dataset,split", [("wikitext2", "test"), ("wikitext2", "validation"), ("c4", "test")])
+def test_a_quick_run_tokenises_a_prefix_with_the_whole_texts_first_tokens(data_dir, tokenizer, dataset, split):
+    whole, label = eval_tokens(dataset, tokenizer, data_dir, split)
+    for count in (1, 1024, 4 * 2048, whole.numel() + 10):
+        head, head_label = eval_tokens(dataset, tokenizer, data_dir, split, max_tokens=count)
+        assert head_label == label and torch.equal(head, whole[:count]), count
+
+
+def test_a_prefix_whose_cut_changes_its_tokens_falls_back_to_the_whole_text():
+    from wandapp.data import leading_tokens
+
+    # A tokenizer whose every token depends on the text's length: no prefix agrees with a longer one.
+    def length_tokens(text):
+        return {"input_ids": [len(text) % 7] * (len(text) // 4)}
+
+    text = "x" * 100_000
+    assert leading_tokens(length_tokens, text, 10) == length_tokens(text)["input_ids"][:10]
+
+
 def test_missing_mirror_file_is_a_clear_error(tmp_path, tokenizer):
     (tmp_path / "wikitext2").mkdir()
     with pytest.raises(DataError, match="missing data file"):

@@ -118,3 +118,23 @@ def test_a_job_logs_its_start_end_and_device(tiny_llama_dir, tmp_path, capsys, m
     monkeypatch.delenv("WANDAPP_JOB_LOG")
     main(["convert", "--model", str(tiny_llama_dir), "--output", str(tmp_path / "n")])
     assert "start" not in capsys.readouterr().err
+
+
+def test_gpu_slot_starts_without_torch(tmp_path):
+    """The wrapper runs before every GPU job: the CLI dispatch imports only its module (no torch, no transformers)."""
+    code = ("import sys; from wandapp.cli import main; "
+            f"rc = main(['gpu-slot', '--gpus', '2', '--dir', {str(tmp_path)!r}, '--', 'true']); "
+            "heavy = [m for m in ('torch', 'transformers', 'numpy', 'wandapp.methods') if m in sys.modules]; "
+            "print('heavy:', heavy, 'slot module:', 'wandapp.commands.gpu_slot' in sys.modules); sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "heavy: [] slot module: True" in done.stdout
+    # -X importtime lists `import` statements (not importlib.import_module): the slot code, and no torch below it
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time")]
+    assert "wandapp.gpuslots" in imported and "torch" not in imported and "transformers" not in imported
+    # the full parser (help, other commands) still lists every subcommand
+    from wandapp.cli import build_parser
+
+    choices = next(a for a in build_parser()._actions if a.dest == "command").choices
+    assert {"prune", "ppl", "gpu-slot"} <= set(choices)

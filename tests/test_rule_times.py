@@ -33,3 +33,16 @@ def test_rule_times_table(tmp_path):
     empty = subprocess.run([sys.executable, str(REPO / "scripts" / "rule_times.py"), str(tmp_path / "none")],
                            capture_output=True, text=True)
     assert empty.returncode == 2
+
+
+def test_a_warm_started_jobs_cpu_and_memory_come_from_its_log(tmp_path):
+    head = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    bench, log = tmp_path / "benchmarks" / "eval_ppl" / "m" / "x.tsv", tmp_path / "logs" / "eval_ppl" / "m" / "x.log"
+    bench.parent.mkdir(parents=True)
+    log.parent.mkdir(parents=True)
+    bench.write_text(head + "7\t0:00:07\t15\t1\t1\t1\t0\t0\t1\t0.02\n")  # the client's own figures
+    log.write_text("wandapp ppl: start ...\nwandapp ppl: end ... ok\n"
+                   "wandapp warm: job cpu 6.5 s, max rss 1100 MB (forked child; CPU counted from the fork)\n")
+    out = subprocess.run([sys.executable, str(REPO / "scripts" / "rule_times.py"), str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "| eval_ppl | 1 | 7.0 | 7.0 | 7.0 | 6.5 | 1100 |" in out

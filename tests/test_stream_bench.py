@@ -63,3 +63,17 @@ def test_benchmark_runs_at_tiny_size_on_cpu(tmp_path):
     projections = [r for r in rows if r["kind"] == "projection"]
     assert {p["target_name"] for p in projections} == {"tiny-full", "llama-70b"} and len(projections) == 4
     assert not (tmp_path / "w").exists()  # the scratch model is removed
+
+
+def test_benchmark_runs_one_path_alone(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.pruning.stream_13b", "--shape", "tiny", "--blocks", "2",
+                           "--device", "cpu", "--nsamples", "2", "--seqlen", "16", "--methods", "magnitude",
+                           "--modes", "stream", "--workdir", str(tmp_path / "w"), "--output", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["kind"] for r in rows] == ["run", "projection", "projection"]
+    assert rows[0]["mode"] == "stream" and rows[0]["bitwise_equal"] is None and rows[0]["blocks"] == 2
+    assert all(r["elapsed_s"] >= 0 for r in rows)

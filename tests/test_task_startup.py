@@ -19,3 +19,16 @@ def test_the_yaml_found_is_the_one_lm_eval_indexes():
     for task in LOCAL_TASKS:
         assert str(packaged_task_yaml(task)) == str(index[task].yaml_path), task
     assert packaged_task_yaml("no_such_task_anywhere") is None
+
+
+def test_a_known_task_is_found_without_walking_the_task_tree(monkeypatch):
+    pytest.importorskip("lm_eval")
+    import wandapp.evaluate.tasks as tasks
+
+    def walk(folder):
+        raise AssertionError("walked lm-eval's task tree for a task whose YAML path is known")
+        yield
+
+    monkeypatch.setattr(tasks, "_sorted_yamls", walk)
+    assert packaged_task_yaml("arc_easy").name == "arc_easy.yaml"
+    assert packaged_task_yaml("mmlu_anatomy").name == "mmlu_anatomy.yaml"

@@ -17,7 +17,8 @@ from .errors import WandappError
 COMMANDS = ["convert", "calibrate", "prune", "ppl", "tasks", "lora", "report", "gpu_slot"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI, or with `only` (a COMMANDS module name) just that subcommand: its module alone is imported."""
     parser = argparse.ArgumentParser(
         prog="wandapp",
         description="Prune LLMs block by block (Wanda++, Wanda, SparseGPT, magnitude), evaluate and benchmark them.",
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wandapp {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
+    for name in [only] if only else COMMANDS:
         try:
             module = importlib.import_module(f"wandapp.commands.{name}")
         except ModuleNotFoundError as e:
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # stage not built yet
             raise
         module.register(sub)
-    for pkg, name in optional_commands():
+    for pkg, name in [] if only else optional_commands():
         importlib.import_module(f"wandapp.{pkg}.commands.{name}").register(sub)
     return parser
 
@@ -48,8 +49,15 @@ def _job_log(command: str):
     return job_log(command)
 
 
+def _named_command(argv: list[str]) -> str | None:
+    """The COMMANDS module of the subcommand in argv, or None (options only, a wing's or an unknown command).
+    Light commands stay light: `wandapp gpu-slot` wraps every GPU job and must not import torch."""
+    name = next((a for a in argv if not a.startswith("-")), "").replace("-", "_")
+    return name if name in COMMANDS else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(_named_command(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s"

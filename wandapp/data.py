@@ -228,8 +228,12 @@ def calibration_file_text(path: Path) -> list[str] | str:
     return text
 
 
-def eval_tokens(dataset: str, tokenizer, root: Path | None, split: str = "test") -> tuple[torch.Tensor, str]:
-    """One token stream for perplexity, and a label of what text it is."""
+def eval_tokens(dataset: str, tokenizer, root: Path | None, split: str = "test",
+                max_tokens: int | None = None) -> tuple[torch.Tensor, str]:
+    """One token stream for perplexity, and a label of what text it is.
+
+    max_tokens: only the stream's first max_tokens are needed (`ppl --max-windows`); they are the same tokens as
+    the whole text's, from tokenising a prefix of it (see leading_tokens)."""
     if dataset == "wikitext2":
         text = wikitext2_eval_text(split, root)
         label = f"wikitext-2-raw-v1 {split}"
@@ -238,7 +242,27 @@ def eval_tokens(dataset: str, tokenizer, root: Path | None, split: str = "test")
         text = " ".join(docs)
     else:
         raise DataError(f"unknown evaluation dataset {dataset!r}; choose wikitext2 or c4")
-    return torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long), label
+    ids = tokenizer(text)["input_ids"] if max_tokens is None else leading_tokens(tokenizer, text, max_tokens)
+    return torch.tensor(ids, dtype=torch.long), label
+
+
+# Tokens past the ones needed that a prefix must hold before its cut is trusted (far beyond one pre-token).
+PREFIX_MARGIN_TOKENS = 256
+
+
+def leading_tokens(tokenizer, text: str, count: int) -> list[int]:
+    """The first `count` ids of tokenizer(text)["input_ids"], without tokenising the whole text (WikiText-2 test is
+    ~290,000 tokens; a quick run needs ~1,000): tokenise a prefix that yields `count` + a margin of tokens, and
+    accept it only when a prefix twice as long gives the same first `count` ids (a cut changes only the tokens
+    next to it). Otherwise, and for a short text, the whole text is tokenised."""
+    size = max(4096, 8 * count)  # characters; a token is ~4 characters of English
+    while 2 * size < len(text):
+        head = tokenizer(text[:size])["input_ids"]
+        if len(head) >= count + PREFIX_MARGIN_TOKENS:
+            if tokenizer(text[: 2 * size])["input_ids"][:count] == head[:count]:
+                return head[:count]
+        size *= 2
+    return tokenizer(text)["input_ids"][:count]
 
 
 # ---------------------------------------------------------------- cached calibration artifacts

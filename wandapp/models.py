@@ -87,8 +87,9 @@ def load_model(spec: str | ModelSource, dtype: str | torch.dtype = "float32", de
         hint = ("; if it holds only pickled weights, convert it once with `wandapp convert --allow-pickle`"
                 if src.kind == "hub" and not src.allow_pickle and "safetensors" in str(e) else "")
         raise WandappError(f"cannot load model from {src.name}: {_first_line(e)}{hint}") from e
-    if src.gguf_file:
-        model = model.to(torch_dtype)  # GGUF dequantizes to float32 whatever dtype was asked
+    if src.gguf_file:  # GGUF dequantizes to float32 whatever dtype was asked: cast the weights, not the buffers
+        for p in model.parameters():  # (RoPE's inv_freq stays float32, as from_pretrained keeps it for a folder)
+            p.data = p.data.to(torch_dtype)
     tokenizer = load_tokenizer(src)
     model.eval()
     model.config.use_cache = False

@@ -2,9 +2,10 @@
 
 The model is built as a skeleton whose decoder blocks hold no weights (the meta device); only the tensors outside
 the blocks (embeddings, final norm, head) are read. The walker's weight strategy `StreamedWeights` reads each
-block's tensors from the save_pretrained safetensors shards when it reaches that block, and after the block, writes
-it into the output's shards at once (ShardWriter, with the index file from_pretrained expects) and frees it. Peak CPU
-memory: embeddings and head, about two blocks, and the calibration activations.
+block's tensors from the save_pretrained safetensors shards (or a GGUF file, dequantised tensor by tensor: see
+stream_gguf.py) when it reaches that block, and after the block, writes it into the output's shards at once
+(ShardWriter, with the index file from_pretrained expects) and frees it. Peak CPU memory: embeddings and head,
+about two blocks, and the calibration activations.
 """
 
 from __future__ import annotations
@@ -72,7 +73,16 @@ def should_stream(spec: str, dtype: torch.dtype, margin: float = 0.8) -> bool:
     """True when the model's weights in `dtype` would not fit in `margin` of the CPU memory available now."""
     import psutil
 
-    folder = checkpoint_folder(spec)
+    src = resolve_model(spec)
+    if src.kind == "gguf":
+        from .stream_gguf import gguf_dense_bytes
+
+        path, room = Path(src.path) / src.gguf_file, margin * psutil.virtual_memory().available
+        # no GGUF type packs a weight in under 1.5 bits: a file that fits even so needs no header parse (seconds)
+        if path.stat().st_size * 8 / 1.5 * torch.empty(0, dtype=dtype).element_size() <= room:
+            return False
+        return gguf_dense_bytes(path, dtype) > room
+    folder = checkpoint_folder(src)
     if folder is None:
         return False
     try:
@@ -86,24 +96,35 @@ def should_stream(spec: str, dtype: torch.dtype, margin: float = 0.8) -> bool:
 
 def skeleton(folder: str | os.PathLike, dtype: torch.dtype, ckpt: Checkpoint) -> nn.Module:
     """The model with empty (meta) decoder blocks and every other tensor read from `ckpt` in `dtype`."""
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from .adapter import DecoderAdapter
+    from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(folder)
     except Exception as e:  # noqa: BLE001
         raise WandappError(f"cannot read the config of {folder}: {e}") from e
+    return fill_outside_blocks(empty_model(config, dtype), dtype, ckpt, folder)
+
+
+def empty_model(config, dtype: torch.dtype) -> nn.Module:
+    """The causal LM of `config` with every weight on the meta device (nothing allocated)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
     with init_empty_weights(include_buffers=False):  # buffers (rotary inv_freq) are computed, not stored
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+def fill_outside_blocks(model: nn.Module, dtype: torch.dtype, ckpt, source) -> nn.Module:
+    """Read every tensor outside the decoder blocks from `ckpt` (a Checkpoint or GgufCheckpoint) into `model`."""
+    from .adapter import DecoderAdapter
+
     prefix = block_prefix(model, DecoderAdapter.from_model(model))
     outside = {k: ckpt.get(k, dtype) for k in ckpt.keys() if not k.startswith(prefix)}
     missing, _ = model.load_state_dict(outside, strict=False, assign=True)
     model.tie_weights()
     left = [k for k in missing if not k.startswith(prefix) and _is_meta(model, k)]
     if left:
-        raise WandappError(f"{folder}: checkpoint lacks {', '.join(left[:3])}")
+        raise WandappError(f"{source}: checkpoint lacks {', '.join(left[:3])}")
     model.eval()
     model.config.use_cache = False
     return model
@@ -221,14 +242,21 @@ class StreamedModel:
     def __init__(self, spec: str | ModelSource, dtype: torch.dtype):
         from .adapter import DecoderAdapter
 
-        folder = checkpoint_folder(spec)
-        if folder is None:
-            name = spec.name if isinstance(spec, ModelSource) else spec
-            raise WandappError(f"--stream reads a local save_pretrained folder; {name} is not one "
-                               f"(write one with `wandapp convert --model {name} --output DIR`)")
-        self.ckpt = Checkpoint(folder)
+        src = spec if isinstance(spec, ModelSource) else resolve_model(spec)
         self.dtype = dtype
-        self.model = skeleton(folder, dtype, self.ckpt)
+        if src.kind == "gguf":  # dequantised one tensor at a time (wandapp.stream_gguf)
+            from .stream_gguf import GgufCheckpoint, gguf_config
+
+            path = Path(src.path) / src.gguf_file
+            self.model = empty_model(gguf_config(path), dtype)
+            self.ckpt = GgufCheckpoint(path, self.model)
+            fill_outside_blocks(self.model, dtype, self.ckpt, path)
+        elif src.kind == "folder":
+            self.ckpt = Checkpoint(src.path)
+            self.model = skeleton(src.path, dtype, self.ckpt)
+        else:
+            raise WandappError(f"--stream reads a local save_pretrained folder or GGUF file; {src.name} is neither "
+                               f"(write a folder with `wandapp convert --model {src.name} --output DIR`)")
         self.prefix = block_prefix(self.model, DecoderAdapter.from_model(self.model))
         self.nblocks = len(DecoderAdapter.from_model(self.model).blocks)
         self.sink: ShardWriter | None = None

@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sparsities", nargs="+", default=["0.6", "0.7"])
     ap.add_argument("--methods", nargs="+", default=["wanda", "sparsegpt", "wanda++"])
     ap.add_argument("--profiles", nargs="+", default=["uniform", "owl"])
+    ap.add_argument("--preset", default="paper", help="Wanda++'s preset (paper, tuned, ...); one --output each")
     ap.add_argument("--owl-m", type=float, default=None)
     ap.add_argument("--owl-lambda", type=float, default=None)
     ap.add_argument("--output", required=True, help="JSON lines, appended")
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
     calib = calibration_windows("c4", tok, args.nsamples, args.seqlen, args.seed, root)
     tokens = eval_tokens("wikitext2", tok, root, args.split)[0]
-    common = {"model": args.model, "split": args.split, "seqlen": args.seqlen, "nsamples": args.nsamples,
+    common = {"preset": args.preset, "model": args.model, "split": args.split, "seqlen": args.seqlen,
+              "nsamples": args.nsamples,
               "device": str(device), "dtype": args.dtype, "code": stage_code_hash("prune")}
 
     def evaluate(row: dict) -> None:
@@ -93,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
             for profile in args.profiles:
                 model.load_state_dict(dense_state)
                 hyper = {"seed": args.seed} if name.startswith("wanda++") else {}
-                method = with_profile(build_method(name, pattern, "paper", **hyper), pattern, profile,
+                preset = args.preset if name.startswith("wanda++") else "paper"  # presets are Wanda++'s
+                method = with_profile(build_method(name, pattern, preset, **hyper), pattern, profile,
                                       args.owl_m, args.owl_lambda)
                 with measured(device) as info:
                     prune_model(model, calib, method, device, offload=False, micro_batch=args.micro_batch)

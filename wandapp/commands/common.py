@@ -48,8 +48,9 @@ def _overwrite_option(p) -> None:
 
 def add_stream_option(p, command: str) -> None:
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
-                   help=f"{command} block by block from the model's safetensors shards, never holding the whole model "
-                        "in CPU memory (default: on when the weights would not fit in the memory available now)")
+                   help=f"{command} block by block from the model's safetensors shards or GGUF file, never holding the "
+                        "whole model in CPU memory (default: on when the weights would not fit in the memory available "
+                        "now)")
 
 
 def use_stream(args, dtype: str) -> bool:

@@ -58,7 +58,8 @@ def run(args) -> None:
         model, tokenizer, weights = streamed.model, load_tokenizer(source), streamed.weights(device)
     else:
         model, tokenizer = load_model(source, dtype, "cpu")
-    tokens, label = eval_tokens(args.dataset, tokenizer, root, args.split)
+    needed = args.seqlen * args.max_windows if args.max_windows else None  # only the first windows are read
+    tokens, label = eval_tokens(args.dataset, tokenizer, root, args.split, max_tokens=needed)
     with measured(device) as info:
         result = perplexity(model, tokens, args.seqlen, device, args.max_windows, args.batch_size, args.offload,
                             weights=weights)

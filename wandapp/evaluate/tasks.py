@@ -9,6 +9,7 @@ With a mirror every task must be in it (no silent mix with the hub); without one
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import tempfile
@@ -204,13 +205,18 @@ def packaged_task_yaml(task: str) -> Path | None:
     defines = re.compile(rf"^['\"]?task['\"]?:\s*['\"]?{re.escape(task)}['\"]?\s*$", re.M)
     known = tasks_dir / PACKAGED_YAML.get(task, "-")
     candidates = [known] if known.is_file() else []
-    for path in [*candidates, *sorted(tasks_dir.rglob("*.yaml"))]:
+    # The tree walk is lazy: listing lm-eval's task folders cost ~1.4 s CPU a job even when `known` matched.
+    for path in itertools.chain(candidates, _sorted_yamls(tasks_dir)):
         try:
             if defines.search(path.read_text(errors="replace")):
                 return path
         except OSError:
             continue
     return None
+
+
+def _sorted_yamls(folder: Path):
+    yield from sorted(folder.rglob("*.yaml"))
 
 
 def build_task_manager(tasks: list[str], root: Path | None, work_dir: Path):

@@ -40,7 +40,40 @@ def wandapp_command():
     if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
         return f"PYTHONPATH={shlex.quote(workflow.basedir)} python -m wandapp"
     beside = Path(sys.executable).parent / "wandapp"
+    if config.get("warm_start") and beside.is_file():  # jobs fork from one server (wandapp/warm.py)
+        return f"{shlex.quote(sys.executable)} -m wandapp.warm run {shlex.quote(WARM_SOCKET)} --"
     return shlex.quote(str(beside) if beside.is_file() else (shutil.which("wandapp") or "wandapp"))
+
+
+# warm_start: one server imports torch, transformers and lm-eval once and every local job forks from it
+# (wandapp/warm.py); a job that finds no server (not up yet, or a remote node) starts cold, the same command.
+WARM_SOCKET = f"{config['results_dir']}/.warm.sock"
+
+
+def warm_server(action):
+    import subprocess
+
+    if not config.get("warm_start"):
+        return
+    if action == "stop":
+        subprocess.run([sys.executable, "-m", "wandapp.warm", "stop", WARM_SOCKET], check=False)
+        return
+    os.makedirs(config["results_dir"], exist_ok=True)
+    with open(f"{config['results_dir']}/.warm.log", "w") as log:
+        subprocess.Popen([sys.executable, "-m", "wandapp.warm", "serve", WARM_SOCKET, "--idle", "600"],
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+
+
+onstart:
+    warm_server("start")
+
+
+onsuccess:
+    warm_server("stop")
+
+
+onerror:
+    warm_server("stop")
 
 
 def gpu_slot_function():
