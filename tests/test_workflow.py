@@ -130,7 +130,10 @@ def test_gpu_config_dag(tmp_path):
     assert "--nsamples 128 --seqlen 2048" in r.stdout and "--device cuda" in r.stdout
     assert "--max-windows" not in r.stdout and "--limit" not in r.stdout  # whole split, whole tasks
     assert re.search(r"wandapp lora --model \S+/wanda\+\+/2-4 ", r.stdout)
-    assert config["resources"]["prune"]["gpu"] > 1 and config["resources"]["eval_tasks"]["gpu"] == 1
+    # every GPU rule asks for one slot, so --resources gpu=4 lets four jobs share the GPU (see gpu.yaml)
+    gpu_rules = ["prune", "lora", "eval_ppl", "eval_tasks"]
+    assert all(config["resources"][rule]["gpu"] == 1 for rule in gpu_rules)
+    assert all("gpu" not in config["resources"][rule] for rule in ["convert", "calibrate", "report"])
 
 
 def test_stage_subsets(tmp_path):
