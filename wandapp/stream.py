@@ -20,6 +20,7 @@ from torch import nn
 
 from .errors import WandappError
 from .models import ModelSource, resolve_model
+from .safetensors_read import SafetensorsFile
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -34,30 +35,25 @@ class Checkpoint:
         if index.is_file():
             self.files = {k: self.folder / f for k, f in json.loads(index.read_text())["weight_map"].items()}
         elif (self.folder / SINGLE_NAME).is_file():
-            from safetensors import safe_open
-
-            with safe_open(self.folder / SINGLE_NAME, framework="pt") as f:
-                self.files = {k: self.folder / SINGLE_NAME for k in f.keys()}
+            self.files = {k: self.folder / SINGLE_NAME for k in SafetensorsFile(self.folder / SINGLE_NAME).keys()}
         else:
             raise WandappError(f"{self.folder}: no {SINGLE_NAME} or {INDEX_NAME}; streaming reads safetensors "
                                f"folders (convert other formats with `wandapp convert` first)")
-        self._open: dict[Path, object] = {}
+        self._open: dict[Path, SafetensorsFile] = {}
 
     def keys(self) -> list[str]:
         return list(self.files)
 
     def get(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        from safetensors import safe_open
-
         if key not in self.files:
             raise WandappError(f"{self.folder}: checkpoint has no tensor {key!r}")
         path = self.files[key]
-        if path not in self._open:  # safe_open maps the file; a tensor is read only when asked for
-            self._open[path] = safe_open(path, framework="pt")
-        t = self._open[path].get_tensor(key)  # a view of the mapped file: its pages are read when touched
+        if path not in self._open:  # the header only; a tensor is read when asked for (not mapped: see the module)
+            self._open[path] = SafetensorsFile(path)
+        t = self._open[path].read(key)  # read now (on the read-ahead thread), into memory of our own
         if dtype is not None and t.is_floating_point() and t.dtype != dtype:
             return t.to(dtype)
-        return t.clone()  # read now (on the read-ahead thread), into memory of our own
+        return t
 
     def nbytes(self) -> int:
         return sum(p.stat().st_size for p in set(self.files.values()))

@@ -47,16 +47,22 @@ def module_device(module: nn.Module) -> torch.device | None:
 
 @contextlib.contextmanager
 def on_device(modules: Sequence[nn.Module], device: torch.device) -> Iterator[None]:
-    """Move modules to `device` for the duration, then back where each came from."""
-    homes = [module_device(m) for m in modules]
+    """Put the modules' tensors on `device` for the duration, for reading only (embeddings, norm, head).
+
+    Each parameter and buffer gets its own tensor back afterwards, the same storage: no copy home, and a caller
+    that holds the model's CPU tensors (a shuttle's staging, a user's reference) still sees them.
+    """
+    homes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for m in modules:
-        m.to(device)
+        for t in (*m.parameters(), *m.buffers()):
+            homes.setdefault(id(t), (t, t.data))
     try:
+        for t, home in homes.values():
+            t.data = home.to(device)
         yield
     finally:
-        for m, home in zip(modules, homes):
-            if home is not None:
-                m.to(home)
+        for t, home in homes.values():
+            t.data = home
 
 
 @torch.no_grad()
