@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from wandapp.io import MARKER, atomic_dir, atomic_file, write_json
+from wandapp.io import MARKER, atomic_dir, atomic_file, read_json, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,7 @@ def test_write_json_creates_parents_and_round_trips(tmp_path):
     target = tmp_path / "a" / "b" / "r.json"
     write_json(target, {"x": 1})
     assert target.read_text() == '{\n  "x": 1\n}\n' and entries(target.parent) == ["r.json"]
+    assert read_json(target) == {"x": 1}
 
 
 # ---------------------------------------------------------------- atomic_dir
@@ -202,3 +203,95 @@ def test_bench_keeps_partial_results_off_its_final_path(tiny_llama_dir, tmp_path
     else:
         assert main(args) == 0
         assert '"end_to_end"' in out.read_text() and entries(tmp_path) == ["bench.json"]
+
+
+# ---------------------------------------------------------------- temporary siblings and output checks
+
+def test_the_temp_tag_is_a_safe_host_name_and_this_pid(monkeypatch):
+    from wandapp import io
+
+    monkeypatch.setattr(io.socket, "gethostname", lambda: "GPU-node 7.cluster.example")
+    assert io._tag() == f"GPU_node_7.{os.getpid()}"
+    monkeypatch.setattr(io.socket, "gethostname", lambda: "")
+    assert io._tag() == f"host.{os.getpid()}"
+
+
+def test_atomic_dir_writes_in_a_hidden_sibling_named_for_this_run(tmp_path):
+    from wandapp.io import _tag
+
+    target = tmp_path / "new" / "deeper" / "model"
+    with atomic_dir(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(f".model.tmp-{_tag()}-")
+        (tmp / "w.bin").write_bytes(b"x")
+    assert entries(target.parent) == ["model"] and tree(target) == {"w.bin": b"x"}
+
+
+def test_stale_siblings_of_dead_runs_go_and_a_live_run_keeps_its_own(tmp_path):
+    from wandapp.io import _tag, remove_stale_siblings
+
+    host = _tag().split(".")[0]
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(done.stdout)  # exited: its pid is free (reuse within this test is vanishingly unlikely)
+    live_dir = tmp_path / f".out.tmp-{host}.{os.getpid()}-abc"
+    dead_dir = tmp_path / f".out.tmp-{host}.{dead}-def"
+    dead_old = tmp_path / f".out.old-{host}.{dead}-0123"
+    other = tmp_path / f".out.tmp-elsewhere.{dead}-ghi"  # another host's: its pid means nothing here
+    for p in (live_dir, dead_dir, other):
+        p.mkdir()
+        (p / "f").write_text("x")
+    dead_old.write_text("old")
+    assert sorted(remove_stale_siblings(tmp_path / "out")) == sorted([dead_dir, dead_old])
+    assert sorted(entries(tmp_path)) == sorted([live_dir.name, other.name])
+
+
+def test_write_json_writes_paths_and_other_values_as_text(tmp_path):
+    write_json(tmp_path / "r.json", {"model": tmp_path / "m", "n": 2})
+    assert (tmp_path / "r.json").read_text() == f'{{\n  "model": "{tmp_path / "m"}",\n  "n": 2\n}}\n'
+
+
+@pytest.mark.parametrize("make, folder, message", [
+    ("dir", False, r"^--output {p} is a folder; name a file$"),
+    ("file", False, r"^--output {p} is an existing file; pass --overwrite to replace it, or name a new path$"),
+    ("dir", True, r"^--output {p} is a folder that wandapp did not write; pass --overwrite"),
+])
+def test_check_output_says_what_is_in_the_way(tmp_path, make, folder, message):
+    import re
+
+    from wandapp.errors import WandappError
+    from wandapp.io import check_output
+
+    p = tmp_path / "out"
+    p.mkdir() if make == "dir" else p.write_text("x")
+    if make == "dir":
+        (p / "user-file").write_text("mine")
+    with pytest.raises(WandappError, match=message.format(p=re.escape(str(p)))):
+        check_output(p, folder=folder)
+    assert sorted(entries(tmp_path)) == ["out"]  # the write probe left nothing behind
+
+
+def test_check_output_names_why_a_folder_cannot_be_written(tmp_path, monkeypatch):
+    from wandapp import io
+    from wandapp.errors import WandappError
+
+    def refuse(**kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(io.tempfile, "mkdtemp", refuse)
+    with pytest.raises(WandappError, match=r"cannot write in .* \(Permission denied\)$"):
+        io.check_output(tmp_path / "new" / "out.json", folder=False)
+
+
+def test_liveness_and_removal_tolerate_what_other_runs_do(tmp_path, monkeypatch):
+    """A pid that exists under another user counts as alive (its sibling stays); a sibling that another run
+    removed first is not an error."""
+    from wandapp import io
+
+    def not_yours(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(io.os, "kill", not_yours)
+    assert io._alive(12345) is True
+    monkeypatch.undo()
+    io._remove(tmp_path / "already-gone")
+    io._remove(tmp_path / "already-gone-dir")
+    assert entries(tmp_path) == []

@@ -249,6 +249,8 @@ def test_presets_and_seed_reach_wandapp_only():
                                                                                           "percdamp": 0.1}
     with pytest.raises(WandappError, match="percdamp must be > 0"):
         build_method("sparsegpt", pattern, percdamp=0.0)
+    with pytest.raises(WandappError, match="^precision must be one of bf16, bf16-autocast, tf32, fp32; got 'fp64'$"):
+        build_method("wanda++", pattern, precision="fp64")
 
 
 @pytest.mark.parametrize("precision, inside", [("tf32", True), ("fp32", False), ("bf16", False)])

@@ -101,10 +101,10 @@ def check_output(path: str | os.PathLike, *, folder: bool, overwrite: bool = Fal
     raise WandappError(f"--output {path} is {what}; pass --overwrite to replace it, or name a new path")
 
 
-def _tmp_sibling(path: Path, suffix: str = "") -> Path:
+def _tmp_sibling(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_siblings(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{_tag()}-", suffix=suffix, dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-{_tag()}-", dir=path.parent))
     os.chmod(tmp, DIR_MODE)
     return tmp
 
