@@ -27,7 +27,7 @@ class BlockShuttle:
         return self.device.type == "cuda"
 
     def to_device(self, block: nn.Module) -> None:
-        tensors = _tensors(block)
+        tensors = module_tensors(block)
         if not self.pinned or any(t.device.type != "cpu" for t in tensors):
             block.to(self.device)
             return
@@ -39,7 +39,7 @@ class BlockShuttle:
         torch.cuda.current_stream(self.device).synchronize()  # the staging buffer is reused next
 
     def home(self, block: nn.Module) -> None:
-        tensors = _tensors(block)
+        tensors = module_tensors(block)
         if not self.pinned or any(id(t) not in self.homes for t in tensors):
             block.to("cpu")
             return
@@ -64,7 +64,8 @@ class BlockShuttle:
         return [self.staging[o : o + _nbytes(t)].view(t.dtype).view(t.shape) for t, o in zip(tensors, offsets)]
 
 
-def _tensors(block: nn.Module) -> list[torch.Tensor]:
+def module_tensors(block: nn.Module) -> list[torch.Tensor]:
+    """A module's parameters and buffers, each once (a tied weight is one tensor)."""
     seen: dict[int, torch.Tensor] = {}
     for t in (*block.parameters(), *block.buffers()):
         seen.setdefault(id(t), t)
@@ -102,7 +103,7 @@ class OverlappedShuttle(BlockShuttle):
         return True
 
     def prefetch(self, block: nn.Module) -> None:
-        tensors = _tensors(block)
+        tensors = module_tensors(block)
         if id(block) in self.prefetched or any(t.device.type != "cpu" for t in tensors):
             return
         cpu = [t.data for t in tensors]
@@ -116,7 +117,7 @@ class OverlappedShuttle(BlockShuttle):
             block.to(self.device)
             return
         tensors, cpu, future = entry
-        if [id(t) for t in tensors] != [id(t) for t in _tensors(block)] or any(
+        if [id(t) for t in tensors] != [id(t) for t in module_tensors(block)] or any(
                 t.data.data_ptr() != c.data_ptr() for t, c in zip(tensors, cpu)):
             future.result()
             raise RuntimeError("a prefetched block's tensors were replaced before its visit")
@@ -129,7 +130,7 @@ class OverlappedShuttle(BlockShuttle):
             t.data = d
 
     def home(self, block: nn.Module) -> None:
-        tensors = _tensors(block)
+        tensors = module_tensors(block)
         if any(id(t) not in self.homes for t in tensors):
             self.flush()
             block.to("cpu")

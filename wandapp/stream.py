@@ -32,14 +32,15 @@ class Checkpoint:
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
         index = self.folder / INDEX_NAME
+        self._open: dict[Path, SafetensorsFile] = {}
         if index.is_file():
             self.files = {k: self.folder / f for k, f in json.loads(index.read_text())["weight_map"].items()}
         elif (self.folder / SINGLE_NAME).is_file():
-            self.files = {k: self.folder / SINGLE_NAME for k in SafetensorsFile(self.folder / SINGLE_NAME).keys()}
+            single = self._open[self.folder / SINGLE_NAME] = SafetensorsFile(self.folder / SINGLE_NAME)
+            self.files = {k: single.path for k in single.keys()}
         else:
             raise WandappError(f"{self.folder}: no {SINGLE_NAME} or {INDEX_NAME}; streaming reads safetensors "
                                f"folders (convert other formats with `wandapp convert` first)")
-        self._open: dict[Path, SafetensorsFile] = {}
 
     def keys(self) -> list[str]:
         return list(self.files)

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .adapter import LINEAR_GROUPS, BlockParts, DecoderAdapter
-from .offload import BlockShuttle, OverlappedShuttle
+from .offload import BlockShuttle, OverlappedShuttle, module_tensors
 from .staged import StopForward as _StopForward
 from .staged import block_output, prune_in_stages, staged_forward
 
@@ -52,10 +52,7 @@ def on_device(modules: Sequence[nn.Module], device: torch.device) -> Iterator[No
     Each parameter and buffer gets its own tensor back afterwards, the same storage: no copy home, and a caller
     that holds the model's CPU tensors (a shuttle's staging, a user's reference) still sees them.
     """
-    homes: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    for m in modules:
-        for t in (*m.parameters(), *m.buffers()):
-            homes.setdefault(id(t), (t, t.data))
+    homes = {id(t): (t, t.data) for m in modules for t in module_tensors(m)}
     try:
         for t, home in homes.values():
             t.data = home.to(device)
