@@ -15,7 +15,7 @@ set -euo pipefail
 ref=${1:-HEAD}; work=${2:-/tmp/wandapp-mutation}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 venv=${VENV:-$repo/.venv}
-[ -x "$venv/bin/mutmut" ] || venv=/work/main/.venv
+[ -x "$venv/bin/mutmut" ] || { echo "mutation.sh: no mutmut in $venv (pip install -e '.[mutation]')" >&2; exit 2; }
 all="masks methods/wanda methods/sparsegpt methods/wanda_plus_plus methods/stats methods/gblm methods/base
 methods/magnitude methods/rmsprop methods/schema methods/__init__ walker staged io data adapter"
 modules=${MODULES:-$all}
