@@ -58,6 +58,9 @@ def test_benchmark_runs_at_tiny_size_on_cpu(tmp_path):
     runs = {r["mode"]: r for r in rows if r["kind"] == "run"}
     assert set(runs) == {"memory", "stream"} and all(r["bitwise_equal"] for r in runs.values())
     assert all(r["peak_rss_bytes"] > 0 and r["total_s"] >= r["prune_s"] > 0 for r in runs.values())
+    # the child's own peak: not above wait4's (up to page-accounting noise), which also holds what Linux carries
+    # over from this parent at exec
+    assert all(r["peak_rss_bytes"] <= 1.01 * r["wait4_maxrss_bytes"] for r in runs.values())
     compare = next(r for r in rows if r["kind"] == "compare")
     assert compare["bitwise_equal"] and compare["total_time_ratio"] > 0
     projections = [r for r in rows if r["kind"] == "projection"]

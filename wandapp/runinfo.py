@@ -54,8 +54,19 @@ def default_dtype(device: torch.device) -> str:
     return "float32" if device.type == "cpu" else "float16"
 
 
-def peak_cpu_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+def peak_cpu_rss_bytes(status: str = "/proc/self/status") -> int:
+    """This process's own peak RSS: VmHWM, which belongs to its address space. Not getrusage's ru_maxrss: at exec
+    Linux carries the parent's peak into it (subprocess uses vfork), so a job started by a process that once held a
+    26 GB model reports 26 GB. getrusage only where /proc is missing (macOS)."""
+    try:
+        with open(status) as lines:
+            for line in lines:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def where_it_ran() -> dict:

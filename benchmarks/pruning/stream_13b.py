@@ -3,7 +3,8 @@
 Writes the model as sharded safetensors (one shard per block, as save_pretrained's index expects) into --workdir on
 the device's disk, then, for each method, runs `wandapp prune` twice as a child process, --no-stream and --stream,
 and records per run: the child's wall time (load + prune + save), the prune phase (prune_report wall_time_s), the
-child's peak RSS (os.wait4), peak GPU memory (prune_report), and whether the outputs are bitwise equal. The last
+child's own peak RSS (VmHWM at its exit; os.wait4's ru_maxrss is kept beside it, but Linux copies the parent's
+peak into it at exec, so it reads ~27 GB after this process wrote the model), peak GPU memory (prune_report), and whether the outputs are bitwise equal. The last
 rows project the full model and LLaMA-70B from the per-block figures (project_70b.py). One JSON line per row.
 
     python -m benchmarks.pruning.stream_13b --blocks 10 --output benchmarks/results/h200_stream_13b.jsonl
@@ -89,9 +90,21 @@ def write_tokenizer(folder: Path, vocab: int) -> None:
     fast.save_pretrained(folder)
 
 
+# Runs the CLI in-process and records VmHWM when it exits: the child's own peak, save included (prune_report's
+# figure is taken before the save).
+CHILD = """import atexit, runpy, sys
+from wandapp.runinfo import peak_cpu_rss_bytes
+peak_file = sys.argv[1]
+atexit.register(lambda: open(peak_file, "w").write(str(peak_cpu_rss_bytes())))
+sys.argv = ["wandapp", *sys.argv[2:]]
+runpy.run_module("wandapp", run_name="__main__")
+"""
+
+
 def run_prune(args, source: Path, calib: Path, out: Path, method: str, stream: bool) -> dict:
-    """One `wandapp prune` child: wall time, peak RSS of that child (wait4), and its prune_report figures."""
-    cmd = [sys.executable, "-m", "wandapp", "prune", "--model", str(source), "--method", method,
+    """One `wandapp prune` child: wall time, its own peak RSS (VmHWM), wait4's figure, its prune_report figures."""
+    peak_file = out.with_name(out.name + ".peak_rss")
+    cmd = [sys.executable, "-c", CHILD, str(peak_file), "prune", "--model", str(source), "--method", method,
            "--sparsity", args.sparsity, "--calibration", str(calib), "--device", args.device, "--dtype", "float16",
            "--micro-batch", str(args.micro_batch), "--stream" if stream else "--no-stream", "--output", str(out)]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -102,10 +115,13 @@ def run_prune(args, source: Path, calib: Path, out: Path, method: str, stream: b
     err = child.stderr.read()
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed ({child.returncode}):\n{err[-3000:]}")
+        raise SystemExit(f"wandapp {' '.join(cmd[4:])} failed ({child.returncode}):\n{err[-3000:]}")
     report = json.loads((out / "prune_report.json").read_text())
-    return {"total_s": round(total, 2), "prune_s": report["wall_time_s"], "peak_rss_bytes": usage.ru_maxrss * 1024,
-            "peak_gpu_bytes": report["peak_gpu_mem_bytes"], "sparsity_overall": report["sparsity_overall"]}
+    peak = int(peak_file.read_text())
+    peak_file.unlink()
+    return {"total_s": round(total, 2), "prune_s": report["wall_time_s"], "peak_rss_bytes": peak,
+            "wait4_maxrss_bytes": usage.ru_maxrss * 1024, "peak_gpu_bytes": report["peak_gpu_mem_bytes"],
+            "sparsity_overall": report["sparsity_overall"]}
 
 
 def weight_digests(folder: Path) -> dict[str, str]:
