@@ -4,8 +4,9 @@ Writes the model as sharded safetensors (one shard per block, as save_pretrained
 the device's disk, then, for each method, runs `wandapp prune` twice as a child process, --no-stream and --stream,
 and records per run: the child's wall time (load + prune + save), the prune phase (prune_report wall_time_s), the
 child's own peak RSS (VmHWM at its exit; os.wait4's ru_maxrss is kept beside it, but Linux copies the parent's
-peak into it at exec, so it reads ~27 GB after this process wrote the model), peak GPU memory (prune_report), and whether the outputs are bitwise equal. The last
-rows project the full model and LLaMA-70B from the per-block figures (project_70b.py). One JSON line per row.
+peak into it at exec, so it reads ~27 GB after this process wrote the model), peak GPU memory (prune_report), and
+whether the outputs are bitwise equal. The last rows project the full model and LLaMA-70B from the per-block
+figures (project_70b.py). One JSON line per row.
 
     python -m benchmarks.pruning.stream_13b --blocks 10 --output benchmarks/results/h200_stream_13b.jsonl
     python -m benchmarks.pruning.stream_13b --blocks 40 --methods wanda --modes stream --output ...   # full 13B
