@@ -27,6 +27,8 @@ tests_for() {  # the test files that exercise a module (mutmut then narrows to t
     methods/sparsegpt) echo tests/test_sparsegpt_parts.py tests/test_sparsegpt.py tests/test_references.py tests/test_methods.py ;;
     methods/gblm) echo tests/test_gblm.py ;;
     methods/rmsprop) echo tests/test_gpu.py tests/test_methods.py ;;
+    methods/wanda_plus_plus) echo tests/test_wanda_plus_plus_parts.py tests/test_wanda_plus_plus_seed.py \
+      tests/test_methods.py tests/test_references.py ;;
     methods/*) echo tests/test_methods.py tests/test_references.py ;;
     walker|adapter) echo tests/test_methods.py tests/test_references.py tests/test_sparsegpt.py tests/test_gblm.py ;;
     staged) echo tests/test_methods.py tests/test_references.py tests/test_gpu.py ;;
