@@ -85,7 +85,7 @@ def test_loop_norms_ro_uses_the_rounds_samples_rescaled_to_n(setup):
     """loop_norms='ro': the round's prune measures ||X_j|| over its M drawn samples and scales it by sqrt(N/M), so
     its ranking is that of (alpha * sqrt(M/N) * G + ||X_j||_M) * |W| on those M samples alone. Block index 1 and
     seed 3 make the draw depend on both. Catches: norms over all N, no or a wrong rescale, unseeded draws."""
-    m, index, seed = 4, 1, 3
+    m, index, seed = 8, 1, 3  # N / M = 2 (not 4, where sqrt(N / M) = N / M / 2 would hide a wrong rescale)
     hyper = dict(STILL, ro_samples=m, ro_rounds=1, loop_norms="ro", seed=seed)
     got = weights(prune(setup, "wanda++", index=index, alpha=ALPHA, **hyper))
 
@@ -118,11 +118,11 @@ def test_score_formula_and_the_subset_rescale(x_norm, divisor):
     w, g, x = torch.randn(4, 6), torch.rand(4, 6), torch.randn(3, 5, 6)  # 3 samples of 5 tokens
     stat = column_norm(x, 3)
     xn = (x.reshape(-1, 6).square().sum(0) / divisor).sqrt()
-    rescale = (12 / 3) ** 0.5 if x_norm == "l2" else 1.0  # the stat saw 3 of N = 12 samples
+    rescale = (27 / 3) ** 0.5 if x_norm == "l2" else 1.0  # the stat saw 3 of N = 27 (sqrt(4) = 4 / 2: not 12)
     method = build_method("wanda++", SparsityPattern.parse("2:4"), alpha=2.0, x_norm=x_norm)
     torch.testing.assert_close(method.score(w, stat, g, 3), (2.0 * g + xn) * w.abs())
-    torch.testing.assert_close(method.score(w, stat, g, 12), (2.0 * g + xn * rescale) * w.abs())
-    torch.testing.assert_close(method.score(w, stat, None, 12), w.abs() * xn * rescale)
+    torch.testing.assert_close(method.score(w, stat, g, 27), (2.0 * g + xn * rescale) * w.abs())
+    torch.testing.assert_close(method.score(w, stat, None, 27), w.abs() * xn * rescale)
     mean = build_method("wanda++", SparsityPattern.parse("2:4"), alpha=2.0, x_norm=x_norm, g_norm="mean")
     torch.testing.assert_close(mean.score(w, stat, g, 3), (2.0 * g * (xn.mean() / g.mean()) + xn) * w.abs())
 
@@ -155,3 +155,38 @@ def test_a_bf16_block_keeps_its_dtype_and_ro_steps_in_float32(setup):
     # the final prune's norms are computed in bfloat16 in one run and float32 in the other: a few masks differ
     assert total > 0.45 * sum(w.numel() for w in half.values())
     assert agree == total
+
+
+@pytest.mark.parametrize("alpha, passes", [(0.0, 0), (1.0, 1), (ALPHA, 1)])
+def test_the_gradient_pass_runs_for_every_positive_alpha(setup, monkeypatch, alpha, passes):
+    """G is computed (one regional-gradient pass per block) whenever alpha > 0, and skipped at alpha = 0, where the
+    score is Wanda's."""
+    from wandapp.methods.wanda_plus_plus import WandaPlusPlus
+
+    calls = []
+    original = WandaPlusPlus.regional_gradient
+    monkeypatch.setattr(WandaPlusPlus, "regional_gradient", lambda self, *a, **k: calls.append(1) or original(
+        self, *a, **k))
+    prune(setup, "wanda++-rgs", alpha=alpha)
+    assert len(calls) == passes
+
+
+@pytest.mark.parametrize("device, precision, copies", [("cuda", "bf16", True), ("cuda", "fp32", False),
+                                                       ("cuda", "tf32", False), ("cpu", "bf16", False)])
+def test_a_bfloat16_compute_copy_only_for_bf16_on_cuda(setup, device, precision, copies):
+    """On CUDA with precision bf16 the passes run on a separate bfloat16 copy of the block with no gradients on;
+    the float32 master is left as it was. Elsewhere the block computes itself. (Only the device's type is read,
+    so a CPU block stands in.)"""
+    ctx = context(setup)
+    before = weights(ctx)
+    fake = copy.copy(ctx)
+    fake.device = torch.device(device)
+    method = build_method("wanda++", SparsityPattern.parse("2:4"), precision=precision)
+    work = method.compute_copy(fake)
+    if not copies:
+        assert work is ctx.block
+        return
+    assert work is not ctx.block and all(p.dtype == torch.bfloat16 and not p.requires_grad for p in work.parameters())
+    for name, w in before.items():
+        assert torch.equal(work.get_submodule(name).weight, w.to(torch.bfloat16)), name
+        assert torch.equal(ctx.linears[name].weight, w) and ctx.linears[name].weight.dtype == torch.float32, name
