@@ -11,7 +11,7 @@ from wandapp.data import calibration_windows
 from wandapp.errors import UnsupportedModelError, WandappError
 from wandapp.evaluate.ppl import perplexity
 from wandapp.masks import SparsityPattern, apply_mask, follows_nm
-from wandapp.methods import build_method
+from wandapp.methods import build_method, presets_of
 from wandapp.methods.stats import ColumnNorm
 from wandapp.methods.wanda import wanda_score
 from wandapp.walker import BlockContext, capture_block_inputs, prune_model
@@ -251,6 +251,10 @@ def test_presets_and_seed_reach_wandapp_only():
         build_method("sparsegpt", pattern, percdamp=0.0)
     with pytest.raises(WandappError, match="^precision must be one of bf16, bf16-autocast, tf32, fp32; got 'fp64'$"):
         build_method("wanda++", pattern, precision="fp64")
+    assert presets_of("wanda++-rgs") == ["paper", "tuned", "tuned-long"]
+    assert presets_of("sparsegpt") == ["paper"]
+    with pytest.raises(WandappError, match="^method wanda has no preset 'tuned'; choose one of paper$"):
+        build_method("wanda", pattern, "tuned")
 
 
 @pytest.mark.parametrize("precision, inside", [("tf32", True), ("fp32", False), ("bf16", False)])

@@ -25,7 +25,7 @@ from wandapp.data import calibration_windows, data_root, eval_tokens
 from wandapp.evaluate.ppl import perplexity
 from wandapp.io import atomic_file
 from wandapp.masks import SparsityPattern
-from wandapp.methods import build_method
+from wandapp.methods import build_method, presets_of
 from wandapp.models import load_model
 from wandapp.profile import profile_report, with_profile
 from wandapp.prune_report import sparsity_summary
@@ -94,9 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.methods:
             for profile in args.profiles:
                 model.load_state_dict(dense_state)
-                hyper = {"seed": args.seed} if name.startswith("wanda++") else {}
-                preset = args.preset if name.startswith("wanda++") else "paper"  # presets are Wanda++'s
-                method = with_profile(build_method(name, pattern, preset, **hyper), pattern, profile,
+                preset = args.preset if args.preset in presets_of(name) else "paper"  # where the method has it
+                method = with_profile(build_method(name, pattern, preset, seed=args.seed), pattern, profile,
                                       args.owl_m, args.owl_lambda)
                 with measured(device) as info:
                     prune_model(model, calib, method, device, offload=False, micro_batch=args.micro_batch)

@@ -64,8 +64,7 @@ def main() -> None:
                "code": stage_code_hash("prune")}  # which version of the pruning code measured it
         if method != "dense":
             pattern = SparsityPattern.parse(sparsity)
-            seeded = {"seed": args.seed, **hyper} if method.startswith("wanda++") else hyper
-            m = build_method(method, pattern, preset, **seeded)
+            m = build_method(method, pattern, preset, **{"seed": args.seed, **hyper})  # seed: where a method has one
             with measured(device) as info:
                 logs = prune_model(model, calib, m, device, offload=False, micro_batch=args.micro_batch)
             gpu_bytes = info["peak_gpu_mem_bytes"]

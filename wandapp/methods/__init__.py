@@ -63,6 +63,12 @@ def preset_names() -> list[str]:
     return names
 
 
+def presets_of(method: str) -> list[str]:
+    """The presets `method` accepts ("paper", its defaults, always first)."""
+    cls, _ = _lookup(method)
+    return ["paper", *[p for p in cls.presets if p != "paper"]]
+
+
 def hyperparameter_names(method: str) -> list[str]:
     cls, fixed = _lookup(method)
     return [f.name for f in cls.hyperparameter_fields() if f.name not in fixed]
@@ -95,9 +101,8 @@ def build_method(method: str, pattern: SparsityPattern, preset: str = "paper", s
     """Instantiate a method; unknown names, presets and hyperparameters are one-line errors. Hyperparameters
     given as None are left at the preset's (or default) value; `seed` goes to methods that draw samples."""
     cls, fixed = _lookup(method)
-    if preset != "paper" and preset not in cls.presets:
-        offered = ", ".join(["paper", *[p for p in cls.presets if p != "paper"]])
-        raise WandappError(f"method {method} has no preset {preset!r}; choose one of {offered}")
+    if preset not in presets_of(method):
+        raise WandappError(f"method {method} has no preset {preset!r}; choose one of {', '.join(presets_of(method))}")
     allowed = set(hyperparameter_names(method))
     settings = dict(cls.presets.get(preset, {}))
     for key, value in hyper.items():
