@@ -30,8 +30,12 @@ tests_for() {  # the test files that exercise a module (mutmut then narrows to t
     methods/wanda_plus_plus) echo tests/test_wanda_plus_plus_parts.py tests/test_wanda_plus_plus_seed.py \
       tests/test_methods.py tests/test_references.py ;;
     methods/*) echo tests/test_methods.py tests/test_references.py ;;
-    walker|adapter) echo tests/test_methods.py tests/test_references.py tests/test_sparsegpt.py tests/test_gblm.py ;;
-    staged) echo tests/test_methods.py tests/test_references.py tests/test_gpu.py ;;
+    adapter) echo tests/test_adapter.py tests/test_methods.py tests/test_references.py tests/test_sparsegpt.py \
+      tests/test_gblm.py ;;
+    walker) echo tests/test_methods.py tests/test_references.py tests/test_sparsegpt.py tests/test_gblm.py \
+      tests/test_walker_overlap.py ;;
+    staged) echo tests/test_staged.py tests/test_walker_overlap.py tests/test_methods.py tests/test_references.py \
+      tests/test_gpu.py ;;
     io) echo tests/test_atomic.py tests/test_bad_input.py ;;
     data) echo tests/test_data.py ;;
     *) echo "mutation.sh: no test list for module '$1'" >&2; return 2 ;;

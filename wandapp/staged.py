@@ -70,7 +70,7 @@ def prune_in_stages(ctx: BlockContext, block: nn.Module, parts: BlockParts, make
     #    the same values (the same batches through the same pruned gate and up), 0.43 of a forward less.
     down_proj = linear(down[0])
     keep = outputs and _mlp_ends_in(parts, down_proj, normed[0][:1].to(device)) and _room_for(
-        ctx, store, device, normed, down_proj.in_features)
+        store, device, normed, down_proj.in_features)
     stat, kept = make_stat(down_proj), []
     for n in (_drain(normed) if keep else normed):
         a = input_of(down_proj, lambda n=n: parts.mlp(n.to(device)))
@@ -103,7 +103,7 @@ def _mlp_ends_in(parts: BlockParts, down_proj: nn.Linear, n: torch.Tensor) -> bo
     return torch.equal(parts.mlp(n), down_proj(a))
 
 
-def _room_for(ctx: BlockContext, store: torch.device, device: torch.device, normed: list, width: int) -> bool:
+def _room_for(store: torch.device, device: torch.device, normed: list, width: int) -> bool:
     """Room to keep every sample's down_proj input (tokens x width) on `store` with a margin: kept on the compute
     device only (over PCIe the copies cost more than running gate and up again)."""
     if store.type != device.type:
