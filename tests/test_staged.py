@@ -95,3 +95,26 @@ def test_room_for_keeping_down_proj_inputs_is_half_the_free_memory_over_the_need
 
     monkeypatch.setattr(staged.os, "sysconf", unreadable)
     assert not staged._room_for(CPU, CPU, normed, 10)
+
+
+def test_room_for_on_cuda_counts_free_and_cached_free_device_memory(monkeypatch):
+    """On a GPU store: keep when free + (reserved - allocated) on that device > the need (no halving: the
+    allocator's cache is the job's own); host memory plays no part. torch.cuda is faked, so this runs anywhere."""
+    normed = [torch.empty(2, 3, 4, dtype=torch.float16), torch.empty(1, 3, 4, dtype=torch.float16)]  # 9 tokens
+    need = int(9 * 10 * 2 * 1.25 + 2**30)
+    gpu = torch.device("cuda", 1)
+    asked = []
+
+    def memory(free, reserved, allocated):
+        monkeypatch.setattr(staged.torch.cuda, "mem_get_info", lambda d: asked.append(d) or (free, 80 * 2**30))
+        monkeypatch.setattr(staged.torch.cuda, "memory_reserved", lambda d: asked.append(d) or reserved)
+        monkeypatch.setattr(staged.torch.cuda, "memory_allocated", lambda d: asked.append(d) or allocated)
+
+    monkeypatch.setattr(staged.os, "sysconf", fake_sysconf(2**40))  # plenty of host memory: must not matter
+    memory(need - 700, 1000, 300)  # free + cached free == need exactly
+    assert not staged._room_for(gpu, gpu, normed, 10)
+    assert asked == [gpu, gpu, gpu]
+    memory(need - 699, 1000, 300)
+    assert staged._room_for(gpu, gpu, normed, 10)
+    memory(need - 1, 0, 0)
+    assert not staged._room_for(gpu, gpu, normed, 10)
