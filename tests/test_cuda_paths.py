@@ -83,6 +83,45 @@ def test_staged_outputs_and_regional_gradient_targets_stay_on_the_compute_device
     torch.testing.assert_close(targets, want.float(), rtol=1e-5, atol=1e-5)
 
 
+def test_activations_on_the_cpu_keep_the_staged_pass_off_the_gpu():
+    """With the calibration activations on the CPU, every stage's activations of all samples are kept there: the
+    staged pass with outputs holds a few micro-batches on the GPU, not a stage's worth (8 MB here)."""
+    model, ids = build_tiny_llama(), token_ids(n=256, t=128)
+    adapter = DecoderAdapter.from_model(model)
+    hidden, kwargs = capture_block_inputs(model, adapter, ids, CUDA, CPU)
+    block = copy.deepcopy(adapter.blocks[0]).to(CUDA)
+    stage = hidden.numel() * hidden.element_size()
+    for _ in range(2):  # the first pass also allocates cuBLAS workspaces
+        ctx = BlockContext(0, block, adapter.linears(block), hidden, kwargs, CUDA)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = ctx.prune_in_order(ColumnNorm, lambda names, stats: None, outputs=True)
+        peak = torch.cuda.max_memory_allocated() - before
+    assert ctx.log["staged_statistics"] and out.device == CPU
+    assert peak < stage / 4, (peak, stage)
+
+
+def test_a_failed_graph_recording_warns_once_and_runs_eagerly(monkeypatch, caplog):
+    """If CUDA-graph recording fails, the loop says so once (not once per block) and runs eagerly, with the same
+    result as the plain algorithm."""
+    def broken():
+        raise RuntimeError("no graphs here")
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", broken)
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(800, 384, generator=g, dtype=torch.float64)
+    H, W = 2 / 2 * X.T @ X, torch.randn(16, 384, generator=g, dtype=torch.float64)
+    pattern, info = SparsityPattern.parse("2:4"), {}
+    got_w, got_mask = sparsegpt_prune(W.to(CUDA), H.to(CUDA), pattern, info=info)
+    want_w, want_mask = plain_reference(W, H, pattern)
+    assert info == {"column_loop": "eager"}
+    assert [r.getMessage() for r in caplog.records] == [
+        "SparseGPT: CUDA graph recording failed (no graphs here); running the column loop eagerly"]
+    assert torch.equal(got_mask.cpu(), want_mask)
+    torch.testing.assert_close(got_w.cpu(), want_w, rtol=1e-9, atol=1e-9)
+
+
 def test_the_regional_gradient_of_a_bf16_copy_accumulates_in_float32():
     """G = sqrt(mean_n g_n^2) of a bfloat16 compute copy, against the same per-sample gradients summed in float64
     (math attention: deterministic backward). Summed in bfloat16, 32 terms would be off by about 1e-2."""

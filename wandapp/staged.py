@@ -55,7 +55,8 @@ def prune_in_stages(ctx: BlockContext, block: nn.Module, parts: BlockParts, make
     normed = [parts.ln1(x).to(store) for x in inputs()]
     prune_group(qkv, _feed(make_stat, qkv, block, normed, device))
     # 2. o_proj reads the attention output: run attention up to o_proj and keep its input
-    attn_in = [input_of(linear(o[0]), lambda n=n: attention(ctx, parts, n.to(device))) for n in _drain(normed)]
+    attn_in = [input_of(linear(o[0]), lambda n=n: attention(ctx, parts, n.to(device))).to(store)
+               for n in _drain(normed)]
     prune_group(o, _feed(make_stat, o, block, attn_in, device))
     # 3. gate and up read ln2(h), h = x + o_proj(attention output)
     resid, normed = [], []
