@@ -25,8 +25,11 @@ tests_for() {  # the test files that exercise a module (mutmut then narrows to t
     masks) echo tests/test_masks.py ;;
     methods/stats) echo tests/test_stats.py tests/test_sparsegpt.py tests/test_references.py tests/test_methods.py ;;
     methods/sparsegpt) echo tests/test_sparsegpt_parts.py tests/test_sparsegpt.py tests/test_references.py tests/test_methods.py ;;
-    methods/gblm) echo tests/test_gblm.py ;;
-    methods/rmsprop) echo tests/test_gpu.py tests/test_methods.py ;;
+    methods/gblm) echo tests/test_gblm_parts.py tests/test_gblm.py ;;
+    methods/rmsprop) echo tests/test_rmsprop.py tests/test_gpu.py tests/test_methods.py ;;
+    methods/schema) echo tests/test_method_schema.py tests/test_methods.py ;;
+    methods/__init__) echo tests/test_method_registry.py tests/test_methods.py tests/test_cli.py \
+      tests/test_bad_input.py ;;
     methods/wanda_plus_plus) echo tests/test_wanda_plus_plus_parts.py tests/test_wanda_plus_plus_seed.py \
       tests/test_methods.py tests/test_references.py ;;
     methods/*) echo tests/test_methods.py tests/test_references.py ;;
@@ -37,7 +40,7 @@ tests_for() {  # the test files that exercise a module (mutmut then narrows to t
     staged) echo tests/test_staged.py tests/test_walker_overlap.py tests/test_methods.py tests/test_references.py \
       tests/test_gpu.py ;;
     io) echo tests/test_atomic.py tests/test_bad_input.py ;;
-    data) echo tests/test_data.py ;;
+    data) echo tests/test_data.py tests/test_data_parts.py tests/test_bad_input.py tests/test_cli.py ;;
     *) echo "mutation.sh: no test list for module '$1'" >&2; return 2 ;;
   esac
 }
