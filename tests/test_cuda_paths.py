@@ -16,7 +16,7 @@ from wandapp.adapter import DecoderAdapter
 from wandapp.masks import SparsityPattern, follows_nm
 from wandapp.methods import build_method
 from wandapp.methods.sparsegpt import sparsegpt_prune
-from wandapp.methods.stats import ColumnNorm, Hessian
+from wandapp.methods.stats import ColumnNorm
 from wandapp.methods.wanda import wanda_score
 from wandapp.walker import BlockContext, capture_block_inputs, prune_model
 
@@ -61,9 +61,10 @@ def test_a_cuda_prune_equals_the_cpu_prune(method, store):
                 assert r_got[key] == pytest.approx(r_want[key], rel=1e-3), key
 
 
-def cuda_context(model, ids, dtype=None, micro_batch=4):
+def cuda_context(model, ids, dtype=None, micro_batch=4, store=CUDA):
+    """Block 0 of `model` on the GPU with its calibration inputs on `store`."""
     adapter = DecoderAdapter.from_model(model)
-    hidden, kwargs = capture_block_inputs(model, adapter, ids, CUDA, CUDA)
+    hidden, kwargs = capture_block_inputs(model, adapter, ids, CUDA, store)
     block = copy.deepcopy(adapter.blocks[0]).to(CUDA, dtype)
     return BlockContext(0, block, adapter.linears(block), hidden, kwargs, CUDA, micro_batch=micro_batch)
 
@@ -85,14 +86,11 @@ def test_staged_outputs_and_regional_gradient_targets_stay_on_the_compute_device
 
 def test_activations_on_the_cpu_keep_the_staged_pass_off_the_gpu():
     """With the calibration activations on the CPU, every stage's activations of all samples are kept there: the
-    staged pass with outputs holds a few micro-batches on the GPU, not a stage's worth (8 MB here)."""
-    model, ids = build_tiny_llama(), token_ids(n=256, t=128)
-    adapter = DecoderAdapter.from_model(model)
-    hidden, kwargs = capture_block_inputs(model, adapter, ids, CUDA, CPU)
-    block = copy.deepcopy(adapter.blocks[0]).to(CUDA)
-    stage = hidden.numel() * hidden.element_size()
+    staged pass with outputs holds a few micro-batches on the GPU, not a stage's worth (16 MB here)."""
+    model, ids = build_tiny_llama(), token_ids(n=512, t=128)
     for _ in range(2):  # the first pass also allocates cuBLAS workspaces
-        ctx = BlockContext(0, block, adapter.linears(block), hidden, kwargs, CUDA)
+        ctx = cuda_context(model, ids, store=CPU)
+        stage = ctx.inputs.numel() * ctx.inputs.element_size()
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
@@ -207,13 +205,3 @@ def test_sparsegpt_ties_on_cuda_go_to_the_lower_column_as_on_the_cpu(sparsity):
     want = sparsegpt_prune(W, H, pattern, percdamp=0.0)[1]
     assert torch.equal(sparsegpt_prune(W.to(CUDA), H.to(CUDA), pattern, percdamp=0.0)[1].cpu(), want)
 
-
-def test_a_16_bit_hessian_on_cuda_is_the_float32_product():
-    """16-bit inputs go through TF32 (exact for them); the sums are float32."""
-    torch.manual_seed(0)
-    x = torch.randn(4, 512, 256, device=CUDA).half()
-    stat = Hessian(torch.nn.Linear(256, 8, device=CUDA))
-    stat.add(x)
-    t = x.reshape(-1, 256).double()
-    expected = 2 / 4 * t.T @ t
-    assert (stat.H.double() - expected).abs().max() / expected.abs().max() < 1e-5

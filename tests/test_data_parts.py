@@ -538,37 +538,33 @@ def test_a_calibration_file_without_metadata_loads_with_empty_metadata(tmp_path)
     assert ids.tolist() == [[1, 1, 1], [1, 1, 1]] and meta == {}
 
 
+def calibration_error(path) -> str:
+    """The one-line DataError that loading `path` as a calibration file raises."""
+    with pytest.raises(DataError) as e:
+        data.load_calibration(path)
+    return str(e.value)
+
+
 def test_calibration_file_errors(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     p = tmp_path / "c.safetensors"
-    with pytest.raises(DataError) as e:
-        data.load_calibration(p)
-    assert str(e.value) == f"missing calibration file: {p}"
+    assert calibration_error(p) == f"missing calibration file: {p}"
     p.write_bytes(b"garbage")
     with pytest.raises(Exception) as raw:
         safe_open(str(p), "pt")
-    with pytest.raises(DataError) as e:
-        data.load_calibration(p)
-    assert str(e.value) == f"cannot read calibration file {p}: {str(raw.value).strip().splitlines()[0]}"
+    assert calibration_error(p) == f"cannot read calibration file {p}: {str(raw.value).strip().splitlines()[0]}"
     save_file({"ids": torch.ones(2, 3, dtype=torch.long)}, str(p))
-    with pytest.raises(DataError) as e:
-        data.load_calibration(p)
-    assert str(e.value).startswith(f"cannot read calibration file {p}: ") and "\n" not in str(e.value)
+    message = calibration_error(p)
+    assert message.startswith(f"cannot read calibration file {p}: ") and "\n" not in message
     for bad in (torch.ones(6, dtype=torch.long), torch.ones(2, 3, dtype=torch.int32), torch.ones(1, 2, 3).long()):
         save_file({"input_ids": bad}, str(p))
-        with pytest.raises(DataError) as e:
-            data.load_calibration(p)
-        assert str(e.value) == f"{p}: input_ids must be a 2-D int64 tensor"
+        assert calibration_error(p) == f"{p}: input_ids must be a 2-D int64 tensor"
     save_file({"input_ids": torch.zeros(0, 8, dtype=torch.long)}, str(p))
-    with pytest.raises(DataError) as e:
-        data.load_calibration(p)
-    assert str(e.value) == f"{p}: holds 0 calibration windows"
+    assert calibration_error(p) == f"{p}: holds 0 calibration windows"
     save_file({"input_ids": torch.tensor([[0, 5], [-1, 2**40]])}, str(p))
-    with pytest.raises(DataError) as e:
-        data.load_calibration(p)
-    assert str(e.value) == f"{p}: token id -1 is negative"
+    assert calibration_error(p) == f"{p}: token id -1 is negative"
 
 
 def test_token_ids_must_be_below_the_vocabulary():
