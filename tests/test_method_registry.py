@@ -136,6 +136,9 @@ def test_shared_names_with_different_defaults_name_each(monkeypatch):
     assert k.families == ("toya", "toyc", "toys") and k.default == 1 and k.rules == {"minimum": 0}
     assert k.defaults == (("toya", 1), ("toyc", 2), ("toys", 1))
     assert k.description == "toya, toyc, toys: k of a (default 1 for toya, 2 for toyc, 1 for toys)"
+    k = table_of(monkeypatch, ToyA, ToyB, ToyC)["k"]  # two equal defaults first, then a different one
+    assert k.defaults == (("toya", 1), ("toys", 1), ("toyc", 2))
+    assert k.description == "toya, toys, toyc: k of a (default 1 for toya, 1 for toys, 2 for toyc)"
     k = table_of(monkeypatch, ToyC, ToyB)["k"]
     assert k.defaults == (("toyc", 2), ("toys", 1))
     assert k.description == "toyc, toys: k of c (default 2 for toyc, 1 for toys)"

@@ -90,7 +90,8 @@ def hyperparameter_table() -> dict[str, Hyperparameter]:
             if known.type is not types[f.name]:
                 raise TypeError(f"{cls.__name__}.{f.name} is {types[f.name].__name__}; another method declares it "
                                 f"{known.type.__name__}")
-            defaults = known.defaults or ((known.families[0], known.default),)
+            # equal defaults so far collapse to (); rebuild one entry per family taken, not only the first
+            defaults = known.defaults or tuple((taken, known.default) for taken in known.families)
             defaults = (*defaults, (family, default))
             table[f.name] = Hyperparameter(**{**known.__dict__, "families": (*known.families, family),
                                               "defaults": defaults if len({v for _, v in defaults}) > 1 else ()})
