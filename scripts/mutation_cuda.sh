@@ -3,7 +3,8 @@
 # scripts/mutation.sh work folders) are laid over a copy of this tree's wandapp/, with a stand-in for mutmut's
 # trampoline module that picks the function to run from MUTANT_UNDER_TEST, as mutmut's own does.
 #
-# here:    scripts/mutation_cuda.sh pack OUT PLAN WORKDIR...   # OUT inside the repo and git-ignored (.carry/...)
+# here:    scripts/mutation_cuda.sh generate WORKDIR MODULE...  # mutmut's mutants of HEAD, without running them
+#          scripts/mutation_cuda.sh pack OUT PLAN WORKDIR...   # OUT inside the repo and git-ignored (.carry/...)
 # GPU:     scripts/mutation_cuda.sh run OUT [JOBS]              # verdicts: OUT/results.tsv (name, verdict, seconds)
 #
 # PLAN: lines "MUTANT-GLOB TEST..." (a glob over full mutant names, then pytest node ids or files); a mutant
@@ -11,8 +12,20 @@
 # active and stops if one fails (the verdicts would mean nothing); then each mutant: pytest -x exit 1 = killed,
 # 0 = survived, 124 = timeout (TIMEOUT, default 300 s), anything else = error.
 set -euo pipefail
-cmd=${1:?usage: mutation_cuda.sh pack OUT PLAN WORKDIR... | run OUT [JOBS]}; out=${2:?OUT}
+cmd=${1:?usage: mutation_cuda.sh generate WORKDIR MODULE... | pack OUT PLAN WORKDIR... | run OUT [JOBS]}
+out=${2:?OUT}
 repo=$(cd "$(dirname "$0")/.." && pwd)
+
+generate() {  # WORKDIR/<module>/mutants/, laid out as scripts/mutation.sh leaves it (module e.g. methods/gblm)
+  local mod dir
+  for mod in "$@"; do
+    dir=$out/${mod//\//.}
+    rm -rf "$dir" && mkdir -p "$dir"
+    git -C "$repo" archive HEAD | tar -x -C "$dir"
+    printf '[mutmut]\nsource_paths=wandapp\nonly_mutate=wandapp/%s.py\n' "$mod" > "$dir/setup.cfg"
+    (cd "$dir" && "${VENV:-$repo/.venv}/bin/python" -c 'import mutmut.__main__ as m; m.create_mutants(1)')
+  done
+}
 
 pack() {
   local plan=$1; shift
@@ -113,6 +126,7 @@ run() {
 }
 
 case $cmd in
+  generate) shift 2; generate "$@" ;;
   pack) shift 2; pack "$@" ;;
   run) run "${3:-8}" ;;
   *) echo "mutation_cuda.sh: unknown command $cmd" >&2; exit 2 ;;
