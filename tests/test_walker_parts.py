@@ -1,0 +1,157 @@
+"""The walker's plumbing, against its mutation survivors: what prune_model hands to a method's `prepare` and to
+walk_blocks, walk_blocks' defaults, the weight strategy's hooks, and the staged-forward check."""
+
+import pytest
+import torch
+
+from conftest import build_tiny_llama
+from wandapp import walker
+from wandapp.adapter import BlockParts
+from wandapp.walker import BlockContext, ResidentWeights, prune_model, walk_blocks
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def model_and_ids():
+    model = build_tiny_llama(num_hidden_layers=3)
+    ids = torch.randint(0, model.config.vocab_size, (5, 16), generator=torch.Generator().manual_seed(0))
+    return model, ids
+
+
+class Recorder:
+    """A weights strategy that records its calls (and keeps the blocks where they are)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def fetch(self, i, block):
+        self.calls.append(("fetch", i))
+
+    def prefetch(self, i, block):
+        self.calls.append(("prefetch", i))
+
+    def release(self, i, block):
+        self.calls.append(("release", i))
+
+    def flush(self):
+        self.calls.append(("flush",))
+
+
+class Spy:
+    """A method that prunes nothing and records what the walker gives it."""
+
+    name = "spy"
+
+    def __init__(self):
+        self.prepared, self.seen = None, []
+
+    def hyperparameters(self):
+        return {}
+
+    def prepare(self, model, input_ids, device, **kwargs):
+        self.prepared = (device, kwargs)
+
+    def prune_block(self, ctx):
+        self.seen.append((ctx.index, ctx.micro_batch, ctx.inputs.device, ctx.wants_outputs))
+        ctx.log["block"] = ctx.index
+        if ctx.inputs.is_meta:  # no data to run the block on: hand the inputs on as the outputs
+            ctx.next_inputs = ctx.inputs
+
+
+class Bare:
+    """A weights strategy with neither prefetch nor flush (both are optional)."""
+
+    def fetch(self, i, block):
+        pass
+
+    def release(self, i, block):
+        pass
+
+
+def test_prune_model_hands_its_settings_to_prepare_and_the_walk(model_and_ids, monkeypatch):
+    model, ids = model_and_ids
+    walked = {}
+    real_walk = walker.walk_blocks
+
+    def walk(*args, **kwargs):
+        walked.update(args=args[3:], kwargs=kwargs)
+        return real_walk(*args, **kwargs)
+
+    monkeypatch.setattr(walker, "walk_blocks", walk)
+    spy, weights = Spy(), Recorder()
+    logs = prune_model(model, ids, spy, CPU, offload=False, store="cpu", micro_batch=3, weights=weights)
+    assert spy.prepared == (CPU, {"offload": False, "store": "cpu", "micro_batch": 3})
+    assert walked["args"] == (CPU, False, "cpu", 3)
+    assert walked["kwargs"] == {"desc": "pruning (spy)", "weights": weights, "last_outputs": False}
+    assert logs == [{"block": 0}, {"block": 1}, {"block": 2}]
+    assert [s[:2] for s in spy.seen] == [(0, 3), (1, 3), (2, 3)]
+    assert [s[3] for s in spy.seen] == [True, True, False]  # nobody reads the last block's outputs
+    spy = Spy()
+    prune_model(model, ids, spy, CPU, weights=Recorder())
+    assert spy.prepared == (CPU, {"offload": True, "store": None, "micro_batch": 4})
+
+
+def test_walk_blocks_defaults_and_the_strategys_hooks(model_and_ids, monkeypatch):
+    model, ids = model_and_ids
+    made, bars = [], []
+    real_resident, real_tqdm = walker.ResidentWeights, walker.tqdm
+    monkeypatch.setattr(walker, "ResidentWeights", lambda *a, **k: made.append((a, k)) or real_resident(*a, **k))
+    monkeypatch.setattr(walker, "tqdm", lambda it, **k: bars.append(k) or real_tqdm(it, **k))
+    spy = Spy()
+    out = walk_blocks(model, ids, spy.prune_block, CPU)
+    assert made == [((CPU, True), {})] and bars == [{"desc": "blocks", "unit": "block"}]
+    assert [s[1:] for s in spy.seen] == [(4, CPU, True)] * 3  # micro-batch 4, inputs stored on the device
+    assert out.shape == (5, 16, model.config.hidden_size) and out.device == CPU
+    rec = Recorder()
+    walk_blocks(model, ids, Spy().prune_block, CPU, weights=rec, last_outputs=False)
+    assert rec.calls == [("fetch", 0), ("prefetch", 1), ("release", 0), ("fetch", 1), ("prefetch", 2),
+                         ("release", 1), ("fetch", 2), ("release", 2), ("flush",)]
+
+
+def test_walk_blocks_stores_inputs_where_asked_and_computes_on_the_device(model_and_ids, monkeypatch):
+    model, ids = model_and_ids
+    captured = []
+    real_capture = walker.capture_block_inputs
+    monkeypatch.setattr(walker, "capture_block_inputs",
+                        lambda m, a, i, device, store: captured.append((device, store)) or real_capture(m, a, i,
+                                                                                                      device, store))
+    spy = Spy()
+    out = walk_blocks(model, ids, spy.prune_block, CPU, store="meta", weights=Bare())  # no prefetch or flush
+    walk_blocks(model, ids, Spy().prune_block, CPU, weights=Recorder())
+    assert captured == [(CPU, torch.device("meta")), (CPU, CPU)]
+    assert all(isinstance(s, torch.device) for _, s in captured)
+    assert [s[2].type for s in spy.seen] == ["meta"] * 3 and out.is_meta
+
+
+def test_prefetch_needs_both_an_overlapped_shuttle_and_a_shuttled_block(model_and_ids):
+    model, _ = model_and_ids
+    weights = ResidentWeights(CPU, offload=True, overlap=False)  # a plain shuttle: no prefetch, whatever the block
+    sent = []
+    weights.shuttle.prefetch = sent.append
+    weights._shuttled = lambda block: True
+    weights.prefetch(1, model.model.layers[1])
+    assert sent == []
+
+
+def test_stages_match_runs_one_sample_of_the_given_block_and_holds_at_the_edge(model_and_ids, monkeypatch):
+    model, ids = model_and_ids
+    block = model.model.layers[0]
+    other = build_tiny_llama(seed=1, num_hidden_layers=1).model.layers[0]
+    x = torch.randn(3, 16, model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    kwargs = {"position_embeddings": model.model.rotary_emb(x, torch.arange(16).unsqueeze(0))}
+    ran = []
+    ctx = BlockContext(0, other, {}, x, kwargs, CPU)
+    real_run = BlockContext.run
+    monkeypatch.setattr(BlockContext, "run",
+                        lambda self, x, b=None: ran.append((x.shape[0], b)) or real_run(self, x, b))
+    assert ctx._stages_match(block, BlockParts.of(block))  # checked on `block`, not on the context's own block
+    assert ran == [(1, block)]
+    ref = real_run(ctx, x[:1], block).float()
+    # the tolerance is relative (<= 1e-3 of the reference's norm, inclusive): an error of exactly that passes
+    edge = 1e-3 * ref.norm()
+    for error, ok in [(edge, True), (edge * 1.01, False)]:
+        monkeypatch.setattr(walker, "staged_forward",
+                            lambda c, p, x, e=error: ref + e / ref.numel() ** 0.5)
+        fresh = BlockContext(0, other, {}, x, kwargs, CPU)
+        assert fresh._stages_match(block, BlockParts.of(block)) is ok
