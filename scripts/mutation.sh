@@ -36,7 +36,7 @@ tests_for() {  # the test files that exercise a module (mutmut then narrows to t
     adapter) echo tests/test_adapter.py tests/test_methods.py tests/test_references.py tests/test_sparsegpt.py \
       tests/test_gblm.py ;;
     walker) echo tests/test_methods.py tests/test_references.py tests/test_sparsegpt.py tests/test_gblm.py \
-      tests/test_walker_overlap.py ;;
+      tests/test_walker_overlap.py tests/test_walker_parts.py ;;
     staged) echo tests/test_staged.py tests/test_walker_overlap.py tests/test_methods.py tests/test_references.py \
       tests/test_gpu.py ;;
     io) echo tests/test_atomic.py tests/test_bad_input.py ;;

@@ -7,7 +7,8 @@ import torch
 from conftest import build_tiny_llama
 from wandapp import walker
 from wandapp.adapter import BlockParts
-from wandapp.walker import BlockContext, ResidentWeights, prune_model, walk_blocks
+from wandapp.offload import BlockShuttle, OverlappedShuttle
+from wandapp.walker import BlockContext, ResidentWeights, _map_tensors, module_device, prune_model, walk_blocks
 
 CPU = torch.device("cpu")
 
@@ -22,14 +23,15 @@ def model_and_ids():
 class Recorder:
     """A weights strategy that records its calls (and keeps the blocks where they are)."""
 
-    def __init__(self):
-        self.calls = []
-
     def fetch(self, i, block):
         self.calls.append(("fetch", i))
 
+    def __init__(self):
+        self.calls, self.prefetched = [], []
+
     def prefetch(self, i, block):
         self.calls.append(("prefetch", i))
+        self.prefetched.append(block)
 
     def release(self, i, block):
         self.calls.append(("release", i))
@@ -107,6 +109,7 @@ def test_walk_blocks_defaults_and_the_strategys_hooks(model_and_ids, monkeypatch
     walk_blocks(model, ids, Spy().prune_block, CPU, weights=rec, last_outputs=False)
     assert rec.calls == [("fetch", 0), ("prefetch", 1), ("release", 0), ("fetch", 1), ("prefetch", 2),
                          ("release", 1), ("fetch", 2), ("release", 2), ("flush",)]
+    assert all(b is model.model.layers[i] for i, b in zip((1, 2), rec.prefetched, strict=True))
 
 
 def test_walk_blocks_stores_inputs_where_asked_and_computes_on_the_device(model_and_ids, monkeypatch):
@@ -155,3 +158,94 @@ def test_stages_match_runs_one_sample_of_the_given_block_and_holds_at_the_edge(m
                             lambda c, p, x, e=error: ref + e / ref.numel() ** 0.5)
         fresh = BlockContext(0, other, {}, x, kwargs, CPU)
         assert fresh._stages_match(block, BlockParts.of(block)) is ok
+
+
+def test_map_tensors_keeps_containers_and_module_device_reads_parameters_then_buffers():
+    t = torch.zeros(1)
+    mapped = _map_tensors({"a": (t, [t, 3]), "b": [t], "c": None}, lambda x: x + 1)
+    assert type(mapped["a"]) is tuple and type(mapped["a"][1]) is list and type(mapped["b"]) is list
+    assert mapped["a"][1][1] == 3 and mapped["c"] is None and mapped["b"][0].item() == 1.0
+    buffers_only = torch.nn.Module()
+    buffers_only.register_buffer("b", torch.zeros(1, device="meta"))
+    assert module_device(torch.nn.Linear(2, 2, device="meta")) == torch.device("meta")
+    assert module_device(buffers_only) == torch.device("meta")
+    assert module_device(torch.nn.Module()) is None
+
+
+def test_context_patterns_batches_on_the_device_and_kwargs_in_a_dtype():
+    x = torch.randn(5, 3, 2)
+    position = torch.arange(3)
+    ctx = BlockContext(0, torch.nn.Linear(2, 2), {}, x, {"pos": position, "cs": (x[0], x[1])}, torch.device("meta"),
+                       micro_batch=2, patterns={"mlp.up_proj": (2, 4)})
+    assert ctx.pattern_for("mlp.up_proj", "own") == (2, 4) and ctx.pattern_for("mlp.down_proj", "own") == "own"
+    for samples in (None, [4, 0, 2]):  # batches are made where the block computes, whatever stores the inputs
+        got = list(ctx.batches(samples))
+        assert [b.shape[0] for b in got] == ([2, 2, 1] if samples is None else [2, 1])
+        assert all(b.is_meta for b in got)
+    half = ctx.kwargs_for(torch.float16)
+    assert half["pos"].dtype == torch.long and half["cs"][0].dtype == torch.float16  # only floating tensors
+
+
+class RecordedMoves(torch.nn.Linear):
+    """A block that records where it is asked to go (and stays put)."""
+
+    def __init__(self):
+        super().__init__(2, 2)
+        self.moves = []
+
+    def to(self, *args, **kwargs):
+        self.moves.append(args[0] if args else kwargs.get("device"))
+        return self
+
+
+class SpyShuttle:
+    def __init__(self, pinned):
+        self.pinned, self.calls = pinned, []
+
+    def to_device(self, block):
+        self.calls.append("to_device")
+
+    def home(self, block):
+        self.calls.append("home")
+
+
+def test_resident_weights_picks_its_shuttle(monkeypatch):
+    def kind(**kwargs):
+        return type(ResidentWeights(CPU, **kwargs).shuttle)
+
+    assert ResidentWeights(CPU).offload is True
+    assert kind() is BlockShuttle and kind(overlap=True) is BlockShuttle  # no overlap on a CPU unless asked
+    assert kind(overlap_on_cpu=True) is OverlappedShuttle
+    assert kind(offload=False, overlap_on_cpu=True) is BlockShuttle and kind(overlap=False, overlap_on_cpu=True) \
+        is BlockShuttle
+    made = []
+    monkeypatch.setattr(walker, "OverlappedShuttle", lambda device: made.append(device) or "overlapped")
+    assert ResidentWeights(torch.device("cuda", 1)).shuttle == "overlapped" and made == [torch.device("cuda", 1)]
+
+
+def test_resident_weights_shuttles_only_offloaded_cpu_blocks_through_a_pinned_shuttle():
+    weights = ResidentWeights(CPU, overlap_on_cpu=True)
+    assert weights._shuttled(torch.nn.Linear(2, 2))
+    assert not weights._shuttled(torch.nn.Linear(2, 2, device="meta"))  # not in CPU memory
+    assert not weights._shuttled(torch.nn.Module())  # nothing to move
+    assert not ResidentWeights(CPU, offload=False, overlap_on_cpu=True)._shuttled(torch.nn.Linear(2, 2))
+    assert not ResidentWeights(CPU)._shuttled(torch.nn.Linear(2, 2))  # a CPU BlockShuttle is not pinned
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_resident_weights_fetch_and_release_go_through_the_shuttle_or_module_to(pinned):
+    meta = torch.device("meta")
+    weights, block = ResidentWeights(meta), RecordedMoves()
+    weights.shuttle = SpyShuttle(pinned)
+    weights.fetch(0, block)
+    weights.release(0, block)
+    if pinned:
+        assert weights.shuttle.calls == ["to_device", "home"] and block.moves == []
+    else:
+        assert weights.shuttle.calls == [] and block.moves == [meta, CPU]
+    kept = RecordedMoves()
+    weights = ResidentWeights(meta, offload=False)
+    weights.shuttle = SpyShuttle(pinned)
+    weights.fetch(0, kept)
+    weights.release(0, kept)  # no offload: the block stays on the device
+    assert kept.moves == [meta] and weights.shuttle.calls == []
