@@ -79,6 +79,23 @@ def test_wanda_plus_plus_on_cuda_offloads_and_keeps_the_pattern():
 
 
 @cuda
+def test_stages_match_moves_inputs_stored_on_the_cpu_to_the_device():
+    """Inputs kept on the CPU (a long calibration set) while the block computes on CUDA: the staged-forward check
+    must bring its one sample to the device (walker `_stages_match` 4, a CPU-only mutant, drops the move)."""
+    from conftest import build_tiny_llama
+    from wandapp.adapter import BlockParts
+    from wandapp.walker import BlockContext
+
+    model = build_tiny_llama(num_hidden_layers=1).cuda()
+    block, device = model.model.layers[0], torch.device("cuda")
+    x = torch.randn(3, 16, model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    kwargs = {"position_embeddings": model.model.rotary_emb(x.to(device), torch.arange(16, device=device)[None])}
+    ctx = BlockContext(0, block, {}, x, kwargs, device)
+    assert ctx.inputs.device.type == "cpu"
+    assert ctx._stages_match(block, BlockParts.of(block))
+
+
+@cuda
 def test_block_shuttle_round_trip_keeps_cpu_tensors_and_values():
     from torch import nn
 
