@@ -86,8 +86,9 @@ def test_stages_match_moves_inputs_stored_on_the_cpu_to_the_device():
     from wandapp.adapter import BlockParts
     from wandapp.walker import BlockContext
 
-    model = build_tiny_llama(num_hidden_layers=1).cuda()
-    block, device = model.model.layers[0], torch.device("cuda")
+    device = torch.device("cuda")
+    model = build_tiny_llama(num_hidden_layers=1).to(device)
+    block = model.model.layers[0]
     x = torch.randn(3, 16, model.config.hidden_size, generator=torch.Generator().manual_seed(1))
     kwargs = {"position_embeddings": model.model.rotary_emb(x.to(device), torch.arange(16, device=device)[None])}
     ctx = BlockContext(0, block, {}, x, kwargs, device)
