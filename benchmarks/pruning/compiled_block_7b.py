@@ -1,0 +1,166 @@
+"""How much faster would a compiled LLaMA-7B block make Wanda's and Wanda++'s passes? (issue 17's open targets)
+
+One LLaMA-7B-shaped block on the GPU, random fp16 weights, 128 x 2048 calibration inputs. Times, with CUDA events
+(best of --repeat, after one warm-up that also compiles):
+
+- the propagation pass (no grad, micro-batches of 8): eager, `torch.compile(block)`, and eager with only the
+  element-wise parts compiled (the two RMSNorms and the MLP; attention and q/k/v/o stay eager);
+- Wanda++'s batch-1 forward + backward (a regional-gradient-like step over --grad-samples samples): eager and
+  compiled;
+
+the relative difference of each compiled variant's outputs from eager, and the eager pass's GPU time by kernel
+kind (GEMM, attention, everything else) from torch.profiler: the ceiling of what fusing the element-wise work
+can save. Nothing here changes wandapp; it measures whether a compiled block is worth building.
+
+    python -m benchmarks.pruning.compiled_block_7b --output $OUT/compiled_block.txt
+    python -m benchmarks.pruning.compiled_block_7b --device cpu --shape tiny --nsamples 4 --seqlen 32   # harness
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import time
+
+import torch
+
+from benchmarks.pruning.prune_time_7b import random_llama
+from wandapp.adapter import DecoderAdapter
+from wandapp.walker import block_output, capture_block_inputs
+
+
+def timed(fn, repeat: int, cuda: bool) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            best = min(best, start.elapsed_time(end) / 1000)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    if any(k in low for k in ("flash", "fmha", "attention", "sdpa")):
+        return "attention"
+    if any(k in low for k in ("gemm", "cutlass", "nvjet", "sm90_xmma", "cublas", "matmul")):
+        return "gemm"
+    return "other"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nsamples", type=int, default=128)
+    ap.add_argument("--seqlen", type=int, default=2048)
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--grad-samples", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--shape", default="7b")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--output", default=None)
+    args = ap.parse_args()
+    out = io.StringIO()
+
+    def say(*parts):
+        print(*parts, flush=True)
+        print(*parts, file=out)
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    dtype = torch.float16 if cuda else torch.float32
+    model = random_llama(device, 1, dtype, args.shape)
+    adapter = DecoderAdapter.from_model(model)
+    ids = torch.randint(0, 32000, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
+    hidden, kwargs = capture_block_inputs(model, adapter, ids, device, device)
+    block = adapter.blocks[0]
+    gpu = torch.cuda.get_device_name() if cuda else "cpu"
+    say(f"torch={torch.__version__} gpu={gpu} attn={model.config._attn_implementation} "
+        f"{args.nsamples}x{args.seqlen} micro-batch {args.micro_batch}")
+
+    def propagate(fn):
+        def run():
+            with torch.no_grad():
+                return torch.cat([block_output(fn(hidden[s : s + args.micro_batch], **kwargs))
+                                  for s in range(0, args.nsamples, args.micro_batch)])
+        return run
+
+    full = torch.compile(block)
+
+    class PartlyCompiled(torch.nn.Module):  # the same block, its norms and MLP compiled, attention eager
+        def __init__(self, block):
+            super().__init__()
+            self.block = block
+            self.ln1 = torch.compile(block.input_layernorm)
+            self.ln2 = torch.compile(block.post_attention_layernorm)
+            self.mlp = torch.compile(block.mlp)
+
+        def forward(self, x, **kw):
+            h = x + block_output(self.block.self_attn(hidden_states=self.ln1(x), **kw))
+            return h + self.mlp(self.ln2(h))
+
+    partly = PartlyCompiled(block)
+    ref = propagate(block)()
+    variants = {"eager": block, "compiled block": full, "compiled norms + MLP": partly}
+    for label, fn in variants.items():
+        run = propagate(fn)
+        t0 = time.perf_counter()
+        got = run()  # warm-up, compiles
+        warm = time.perf_counter() - t0
+        diff = ((got.float() - ref.float()).norm() / ref.float().norm()).item()
+        say(f"propagation  {label:22s} {timed(run, args.repeat, cuda):.4f} s   "
+            f"first run {warm:.1f} s   rel diff {diff:.2e}")
+
+    params = [p for p in block.parameters() if p.dim() == 2]
+
+    def grad_steps(fn):
+        def run():
+            for s in range(args.grad_samples):
+                y = block_output(fn(hidden[s : s + 1], **kwargs))
+                loss = y.float().pow(2).mean()
+                grads = torch.autograd.grad(loss, params)
+                del grads
+        return run
+
+    for p in block.parameters():
+        p.requires_grad_(True)
+    for label, fn in (("eager", block), ("compiled block", full)):
+        run = grad_steps(fn)
+        t0 = time.perf_counter()
+        run()
+        warm = time.perf_counter() - t0
+        say(f"fwd+bwd x{args.grad_samples}  {label:22s} {timed(run, args.repeat, cuda):.4f} s   "
+            f"first run {warm:.1f} s")
+    for p in block.parameters():
+        p.requires_grad_(False)
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda) as prof:
+        propagate(block)()
+        if cuda:
+            torch.cuda.synchronize()
+    kinds: dict[str, float] = {}
+    for ev in prof.key_averages():
+        us = getattr(ev, "device_time_total", 0) if cuda else 0
+        if us and ev.device_type == torch.autograd.DeviceType.CUDA:
+            kinds[kernel_kind(ev.key)] = kinds.get(kernel_kind(ev.key), 0.0) + us / 1e6
+    total = sum(kinds.values()) or float("nan")
+    say("eager propagation, GPU time by kernel kind: " + ", ".join(
+        f"{k} {v:.4f} s ({v / total:.0%})" for k, v in sorted(kinds.items())))
+    sort = "device_time_total" if cuda else "cpu_time_total"
+    say(prof.key_averages().table(sort_by=sort, row_limit=20, max_name_column_width=80))
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(out.getvalue())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
