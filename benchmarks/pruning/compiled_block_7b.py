@@ -5,6 +5,8 @@ One LLaMA-7B-shaped block on the GPU, random fp16 weights, 128 x 2048 calibratio
 
 - the propagation pass (no grad, micro-batches of 8): eager, `torch.compile(block)`, and eager with only the
   element-wise parts compiled (the two RMSNorms and the MLP; attention and q/k/v/o stay eager);
+- Wanda's statistics pass written without hooks (the dense block up to down_proj's input, the squared column
+  norms of the four linear inputs): eager and compiled;
 - Wanda++'s batch-1 forward + backward (a regional-gradient-like step over --grad-samples samples): eager and
   compiled;
 
@@ -24,6 +26,7 @@ import sys
 import time
 
 import torch
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from benchmarks.pruning.prune_time_7b import random_llama
 from wandapp.adapter import DecoderAdapter
@@ -116,6 +119,50 @@ def main() -> None:
         warm = time.perf_counter() - t0
         diff = ((got.float() - ref.float()).norm() / ref.float().norm()).item()
         say(f"propagation  {label:22s} {timed(run, args.repeat, cuda):.4f} s   "
+            f"first run {warm:.1f} s   rel diff {diff:.2e}")
+
+    # Wanda's statistics pass without hooks (traceable): the dense block up to down_proj's input, and the
+    # squared column norms of the four inputs the linears read. Eager here is wandapp's `collect` minus its hooks.
+    def stats_forward(x, position_embeddings, **_):
+        att = block.self_attn
+        n1 = block.input_layernorm(x)
+        b, t, _h = n1.shape
+        shape = (b, t, -1, att.head_dim)
+        q = att.q_proj(n1).view(shape).transpose(1, 2)
+        k = att.k_proj(n1).view(shape).transpose(1, 2)
+        v = att.v_proj(n1).view(shape).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
+        a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        a = a.transpose(1, 2).reshape(b, t, -1)
+        h = x + att.o_proj(a)
+        n2 = block.post_attention_layernorm(h)
+        m = block.mlp.act_fn(block.mlp.gate_proj(n2)) * block.mlp.up_proj(n2)
+        return [z.float().pow(2).sum(dim=(0, 1)) for z in (n1, a, n2, m)], h, m
+
+    def stats_pass(fn):
+        def run():
+            with torch.no_grad():
+                sums = None
+                for s in range(0, args.nsamples, args.micro_batch):
+                    got = fn(hidden[s : s + args.micro_batch], **kwargs)[0]
+                    sums = got if sums is None else [a + b for a, b in zip(sums, got)]
+                return sums
+
+        return run
+
+    with torch.no_grad():  # the rewrite is the block: its down_proj of m, plus h, is the block's output
+        _, h, m = stats_forward(hidden[: args.micro_batch], **kwargs)
+        out_ref = block_output(block(hidden[: args.micro_batch], **kwargs))
+        rewrite = ((h + block.mlp.down_proj(m) - out_ref).float().norm() / out_ref.float().norm()).item()
+    say(f"statistics rewrite against the block's own forward: rel diff {rewrite:.2e}")
+    ref_stats = stats_pass(stats_forward)()
+    for label, fn in (("eager", stats_forward), ("compiled", torch.compile(stats_forward))):
+        run = stats_pass(fn)
+        t0 = time.perf_counter()
+        got = run()
+        warm = time.perf_counter() - t0
+        diff = max(((g - r).norm() / r.norm()).item() for g, r in zip(got, ref_stats))
+        say(f"statistics   {label:22s} {timed(run, args.repeat, cuda):.4f} s   "
             f"first run {warm:.1f} s   rel diff {diff:.2e}")
 
     params = [p for p in block.parameters() if p.dim() == 2]
