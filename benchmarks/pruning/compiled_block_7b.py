@@ -28,26 +28,8 @@ import time
 import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from benchmarks.pruning.prune_time_7b import random_llama
-from wandapp.adapter import DecoderAdapter
-from wandapp.walker import block_output, capture_block_inputs
-
-
-def timed(fn, repeat: int, cuda: bool) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            best = min(best, start.elapsed_time(end) / 1000)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t0)
-    return best
+from benchmarks.pruning.one_block import block_zero, timed
+from wandapp.walker import block_output
 
 
 def kernel_kind(name: str) -> str:
@@ -78,12 +60,7 @@ def main() -> None:
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    dtype = torch.float16 if cuda else torch.float32
-    model = random_llama(device, 1, dtype, args.shape)
-    adapter = DecoderAdapter.from_model(model)
-    ids = torch.randint(0, 32000, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
-    hidden, kwargs = capture_block_inputs(model, adapter, ids, device, device)
-    block = adapter.blocks[0]
+    model, _, block, hidden, kwargs = block_zero(device, args.shape, args.nsamples, args.seqlen)
     gpu = torch.cuda.get_device_name() if cuda else "cpu"
     say(f"torch={torch.__version__} gpu={gpu} attn={model.config._attn_implementation} "
         f"{args.nsamples}x{args.seqlen} micro-batch {args.micro_batch}")

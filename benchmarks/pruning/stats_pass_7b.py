@@ -20,15 +20,13 @@ import argparse
 import contextlib
 import io
 import sys
-import time
 
 import torch
 
-from benchmarks.pruning.prune_time_7b import random_llama
-from wandapp.adapter import DecoderAdapter
+from benchmarks.pruning.one_block import block_zero, timed
 from wandapp.methods.stats import ColumnNorm
 from wandapp.staged import StopForward
-from wandapp.walker import BlockContext, capture_block_inputs
+from wandapp.walker import BlockContext
 
 
 class NoStat:
@@ -53,23 +51,6 @@ def stopped_forward(ctx: BlockContext, stop_at: str) -> None:
         handle.remove()
 
 
-def timed(fn, repeat: int, cuda: bool) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        if not cuda:  # a CPU run checks the script, its seconds mean little
-            t0 = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t0)
-            continue
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        best = min(best, start.elapsed_time(end) / 1000)
-    return best
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nsamples", type=int, default=128)
@@ -88,11 +69,7 @@ def main() -> None:
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    model = random_llama(device, 1, torch.float16 if cuda else torch.float32, args.shape)
-    adapter = DecoderAdapter.from_model(model)
-    ids = torch.randint(0, 32000, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
-    hidden, kwargs = capture_block_inputs(model, adapter, ids, device, device)
-    block = adapter.blocks[0]
+    model, adapter, block, hidden, kwargs = block_zero(device, args.shape, args.nsamples, args.seqlen)
     linears = adapter.linears(block)
     names = list(linears)
     shapes = {k: tuple(v.shape) if torch.is_tensor(v) else type(v).__name__ for k, v in kwargs.items()}
