@@ -25,6 +25,7 @@ def test_prune_load_ppl_round_trip(tiny_llama_dir, data_dir, tmp_path):
                    "--data-dir", data_dir, "--output", out) == 0
     report = json.loads((out / "prune_report.json").read_text())
     assert report["method"] == "wanda" and report["sparsity"] == "2:4" and report["seed"] == 0
+    assert report["compile"] is False
     assert report["sparsity_overall"] == pytest.approx(0.5, abs=1e-3)
     assert len(report["sparsity_per_layer"]) == 14 and report["wall_time_s"] > 0
     assert {"torch", "transformers", "wandapp"} <= set(report["versions"])
@@ -35,6 +36,20 @@ def test_prune_load_ppl_round_trip(tiny_llama_dir, data_dir, tmp_path):
                    "--data-dir", data_dir, "--output", tmp_path / "ppl.json") == 0
     ppl = json.loads((tmp_path / "ppl.json").read_text())
     assert ppl["windows"] == 2 and ppl["tokens"] == 128 and ppl["ppl"] > 1 and torch.isfinite(torch.tensor(ppl["ppl"]))
+
+
+def test_compile_reaches_the_walk_and_the_report(tiny_llama_dir, data_dir, tmp_path, monkeypatch):
+    """`--compile` is handed to prune_model (run here through torch.compile's eager backend, which is quick) and
+    recorded in prune_report.json."""
+    from wandapp import walker
+
+    seen, real = [], walker.prune_model
+    monkeypatch.setattr(walker, "prune_model", lambda *a, compile, **k: seen.append(compile) or real(
+        *a, compile="eager" if compile else False, **k))
+    out = tmp_path / "pruned"
+    assert run_cli("prune", "--model", tiny_llama_dir, "--method", "wanda", "--sparsity", "2:4", *SMALL,
+                   "--data-dir", data_dir, "--compile", "--output", out) == 0
+    assert seen == [True] and json.loads((out / "prune_report.json").read_text())["compile"] is True
 
 
 def test_cached_calibration_gives_the_same_model(tiny_llama_dir, data_dir, tmp_path):

@@ -85,13 +85,14 @@ def test_prune_model_hands_its_settings_to_prepare_and_the_walk(model_and_ids, m
     logs = prune_model(model, ids, spy, CPU, offload=False, store="cpu", micro_batch=3, weights=weights)
     assert spy.prepared == (CPU, {"offload": False, "store": "cpu", "micro_batch": 3})
     assert walked["args"] == (CPU, False, "cpu", 3)
-    assert walked["kwargs"] == {"desc": "pruning (spy)", "weights": weights, "last_outputs": False}
+    assert walked["kwargs"] == {"desc": "pruning (spy)", "weights": weights, "last_outputs": False, "compile": False}
     assert logs == [{"block": 0}, {"block": 1}, {"block": 2}]
     assert [s[:2] for s in spy.seen] == [(0, 3), (1, 3), (2, 3)]
     assert [s[3] for s in spy.seen] == [True, True, False]  # nobody reads the last block's outputs
     spy = Spy()
-    prune_model(model, ids, spy, CPU, weights=Recorder())
+    prune_model(model, ids, spy, CPU, weights=Recorder(), compile="eager")
     assert spy.prepared == (CPU, {"offload": True, "store": None, "micro_batch": 4})
+    assert walked["kwargs"]["compile"] == "eager"
 
 
 def test_walk_blocks_defaults_and_the_strategys_hooks(model_and_ids, monkeypatch):

@@ -17,10 +17,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapter import LINEAR_GROUPS, BlockParts, DecoderAdapter
+from .adapter import LINEAR_GROUPS, LINEAR_NAMES, BlockParts, DecoderAdapter
+from .block_runner import BlockRunner
 from .offload import BlockShuttle, OverlappedShuttle, module_tensors
 from .staged import StopForward as _StopForward
-from .staged import block_output, prune_in_stages, staged_forward
+from .staged import block_output, dense_statistics, prune_in_stages, staged_forward
+from .staged import tap_names as _tap_names
 
 
 class Stat(Protocol):
@@ -115,7 +117,9 @@ class BlockContext:
     next_inputs: torch.Tensor | None = None  # set by a method whose last pass already gave the block's outputs
     wants_outputs: bool = True  # False for the last block of a walk whose result nobody reads: skip that pass
     patterns: dict = field(default_factory=dict)  # linear name -> pattern replacing the method's (a sparsity profile)
+    runner: BlockRunner = field(default_factory=BlockRunner)  # eager, or compiled (`prune --compile`)
     _stages_ok: bool | None = field(default=None, repr=False)
+    _taps_ok: bool | None = field(default=None, repr=False)
     _kwargs_by_dtype: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -138,7 +142,7 @@ class BlockContext:
 
     def run(self, x: torch.Tensor, block: nn.Module | None = None) -> torch.Tensor:
         dtype = self.dtype_of(block)
-        return block_output((block or self.block)(x.to(dtype), **self.kwargs_for(dtype)))
+        return self.runner.block(block or self.block, x.to(dtype), self.kwargs_for(dtype))
 
     def kwargs_for(self, dtype: torch.dtype) -> dict:
         """The block's keyword arguments with floating tensors (rotary cos/sin, additive masks) in `dtype`, so a
@@ -161,6 +165,22 @@ class BlockContext:
             self._stages_ok = bool((staged - ref).norm() <= 1e-3 * ref.norm())
         return self._stages_ok
 
+    def taps_match(self, block: nn.Module, parts: BlockParts) -> bool:
+        """Does tapping o_proj (down_proj) give what it reads: is attention (the MLP) that linear of the tapped
+        call's result, exactly? Checked once, eagerly, on one sample (see block_runner)."""
+        if self._taps_ok is None:
+            eager, (o, down) = BlockRunner(), _tap_names(self.groups)
+            x = self.inputs[:1].to(self.device).to(self.dtype_of(block))
+            n = parts.ln1(x)
+            kwargs = self.kwargs_for(x.dtype)
+            self._taps_ok = (
+                getattr(parts.attn, o, None) is block.get_submodule(self.groups[1][0])
+                and getattr(parts.mlp, down, None) is block.get_submodule(self.groups[3][0])
+                and torch.equal(getattr(parts.attn, o)(eager.attention_input_of(parts.attn, o, n, kwargs)),
+                                block_output(parts.attn(hidden_states=n, **kwargs)))
+                and torch.equal(getattr(parts.mlp, down)(eager.mlp_input_of(parts.mlp, down, n)), parts.mlp(n)))
+        return self._taps_ok
+
     @torch.no_grad()
     def outputs(self, samples: Sequence[int] | None = None, block: nn.Module | None = None,
                 store: torch.device | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -178,6 +198,9 @@ class BlockContext:
         The forward pass stops after the last of the named linears, so statistics for early linears are cheap.
         """
         block = block or self.block
+        parts = BlockParts.of(block) if self.runner.compile and set(names) == set(LINEAR_NAMES) else None
+        if parts is not None and tuple(self.groups) == LINEAR_GROUPS and self.taps_match(block, parts):
+            return dense_statistics(self, block, parts, make_stat, samples)  # traceable: no hooks, no raise
         # Linears of one group read the same input: one statistic object serves them all.
         shared = {n: next(m for m in group if m in names) for group in self.groups for n in group if n in names}
         hooked = [n for n in names if shared.get(n, n) == n]
@@ -245,6 +268,7 @@ def walk_blocks(
     desc: str = "blocks",
     weights: BlockWeights | None = None,
     last_outputs: bool = True,
+    compile: bool | str = False,
 ) -> torch.Tensor | None:
     """Capture block-0 inputs for `input_ids`, call `visit` on each block, propagate its outputs; return the last.
 
@@ -255,6 +279,8 @@ def walk_blocks(
     `flush()` is flushed at the end (ResidentWeights overlaps its copies with compute).
     last_outputs=False: the caller does not read the result, so the last block's output pass is skipped
     (returns None).
+    compile: run the blocks' passes through torch.compile (block_runner; a named option: other rounding, so
+    possibly other masks); True for inductor, or the name of another torch.compile backend ("eager" in tests).
     """
     adapter = DecoderAdapter.from_model(model)
     store = torch.device(store) if store is not None else device
@@ -262,13 +288,14 @@ def walk_blocks(
     weights = weights or ResidentWeights(device, offload)
     blocks = adapter.blocks
     prefetch, flush = getattr(weights, "prefetch", None), getattr(weights, "flush", None)
+    runner = BlockRunner(bool(compile), compile if isinstance(compile, str) else "inductor")
     try:
         for i, block in enumerate(tqdm(blocks, desc=desc, unit="block")):
             weights.fetch(i, block)
             if prefetch is not None and i + 1 < len(blocks):
                 prefetch(i + 1, blocks[i + 1])
             ctx = BlockContext(i, block, adapter.linears(block), hidden, kwargs, device, micro_batch,
-                               wants_outputs=last_outputs or i + 1 < len(blocks))
+                               wants_outputs=last_outputs or i + 1 < len(blocks), runner=runner)
             visit(ctx)
             if ctx.wants_outputs:
                 hidden = ctx.next_inputs if ctx.next_inputs is not None else ctx.outputs()
@@ -330,8 +357,8 @@ class ResidentWeights:
 
 
 def prune_model(model, input_ids, method: PruningMethod, device, offload=True, store=None, micro_batch=4,
-                weights: BlockWeights | None = None) -> list[dict]:
-    """Prune every block of `model` in place with `method`; return each block's log."""
+                weights: BlockWeights | None = None, compile: bool | str = False) -> list[dict]:
+    """Prune every block of `model` in place with `method`; return each block's log. `compile`: see walk_blocks."""
     logs: list[dict] = []
     prepare = getattr(method, "prepare", None)
     if prepare is not None:
@@ -342,5 +369,5 @@ def prune_model(model, input_ids, method: PruningMethod, device, offload=True, s
         logs.append(ctx.log)
 
     walk_blocks(model, input_ids, visit, device, offload, store, micro_batch, desc=f"pruning ({method.name})",
-                weights=weights, last_outputs=False)
+                weights=weights, last_outputs=False, compile=compile)
     return logs

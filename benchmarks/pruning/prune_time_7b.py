@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="hidden 64, MLP 128: tests the harness (on the CPU too)")
     ap.add_argument("--no-overlap", action="store_true",
                     help="synchronous block copies (the walker's ResidentWeights(overlap=False)): the overlap's share")
+    ap.add_argument("--compile", action="store_true", help="the walk's passes through torch.compile (prune --compile)")
     ap.add_argument("--save-masks", default=None, metavar="DIR",
                     help="after each run, save block 0's masks and first weight rows (old-vs-new comparison)")
     args = ap.parse_args()
@@ -118,8 +119,9 @@ def main() -> None:
             if args.no_overlap:  # only this tree's walker has the switch
                 from wandapp.walker import ResidentWeights
                 weights = ResidentWeights(device, offload=not args.keep_on_device, overlap=False)
+            options = {"compile": True} if args.compile else {}  # only this tree's walker has the option
             logs = prune_model(model, ids, method, device, offload=not args.keep_on_device,
-                               micro_batch=args.micro_batch, weights=weights)
+                               micro_batch=args.micro_batch, weights=weights, **options)
         finally:
             model.model.layers = all_blocks
         if cuda:
@@ -137,6 +139,8 @@ def main() -> None:
             row["tag"] = args.tag
         if args.no_overlap:
             row["overlap"] = False
+        if args.compile:
+            row["compile"] = True
         loops = sorted({log["column_loop"] for log in logs or [] if isinstance(log, dict) and "column_loop" in log})
         if loops:
             row["column_loop"] = "+".join(loops)

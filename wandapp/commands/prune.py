@@ -43,6 +43,10 @@ def register(sub) -> None:
     p.add_argument("--activations-on-cpu", action="store_true",
                    help="keep calibration hidden states in CPU memory instead of on the device")
     p.add_argument("--micro-batch", type=int, default=4, help="samples per forward pass (default 4)")
+    p.add_argument("--compile", action="store_true",
+                   help="run the blocks' forward (and backward) passes through torch.compile: faster on a GPU, "
+                        "compiled once a run; it rounds differently from eager PyTorch, so masks may differ "
+                        "slightly (docs/pruning-speed.md)")
     add_stream_option(p, "prune")
     add_folder_output(p)
     p.set_defaults(func=run)
@@ -87,7 +91,8 @@ def run(args) -> None:
         model.to(device)
     with measured(device) as info:
         logs = prune_model(model, ids, method, device, offload=not args.keep_on_device,
-                           store="cpu" if args.activations_on_cpu else None, micro_batch=args.micro_batch)
+                           store="cpu" if args.activations_on_cpu else None, micro_batch=args.micro_batch,
+                           compile=args.compile)
     model.to("cpu")
     report = prune_report(args, method, pattern, calib, dtype, device, sparsity_summary(model, pattern), info, logs)
     with atomic_dir(args.output, overwrite=args.overwrite) as tmp:
@@ -117,7 +122,7 @@ def run_streamed(args, source, method, pattern, device, dtype) -> None:
         with measured(device) as info:
             weights = streamed.weights(device, tmp, on_done=tally.add_block)
             logs = prune_model(streamed.model, ids, method, device, store="cpu" if args.activations_on_cpu else None,
-                               micro_batch=args.micro_batch, weights=weights)
+                               micro_batch=args.micro_batch, weights=weights, compile=args.compile)
         streamed.finish(tmp)
         tokenizer.save_pretrained(tmp)
         report = prune_report(args, method, pattern, calib, dtype, device, tally.summary(), info, logs)
@@ -138,6 +143,7 @@ def prune_report(args, method, pattern, calib, dtype, device, summary, info, log
         "hyperparameters": method.hyperparameters(),
         "sparsity_profile": profile_report(method),
         "seed": args.seed,
+        "compile": args.compile,
         "calibration": calib,
         "dtype": dtype,
         "device": str(device),
