@@ -69,15 +69,17 @@ def main() -> None:
     ap.add_argument("rows")
     ap.add_argument("--masks", default=None)
     ap.add_argument("--markdown", default=None)
+    ap.add_argument("--tags", nargs=2, default=("old", "new"), metavar=("A", "B"),
+                    help="the two row tags compared (default: old new)")
     args = ap.parse_args()
     rows = [json.loads(line) for line in open(args.rows) if line.strip()]
     gpu = next((r["gpu"] for r in rows), "?")
     first = rows[0] if rows else {}
     lines = [f"Prune time, {gpu}, {first.get('layers', '?')} blocks, {first.get('nsamples', '?')} x "
              f"{first.get('seqlen', '?')} calibration, {first.get('sparsity', '?')}", ""]
-    lines += time_table(rows)
+    lines += time_table(rows, *args.tags)
     if args.masks:
-        lines += ["", *mask_table(args.masks)]
+        lines += ["", *mask_table(args.masks, *args.tags)]
     text = "\n".join(lines)
     print(text, flush=True)
     if args.markdown:
