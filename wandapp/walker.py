@@ -21,7 +21,7 @@ from .adapter import LINEAR_GROUPS, LINEAR_NAMES, BlockParts, DecoderAdapter
 from .block_runner import BlockRunner
 from .offload import BlockShuttle, OverlappedShuttle, module_tensors
 from .staged import StopForward as _StopForward
-from .staged import block_output, dense_statistics, prune_in_stages, staged_forward
+from .staged import attention, dense_statistics, prune_in_stages, staged_forward
 from .staged import tap_names as _tap_names
 
 
@@ -170,15 +170,14 @@ class BlockContext:
         call's result, exactly? Checked once, eagerly, on one sample (see block_runner)."""
         if self._taps_ok is None:
             eager, (o, down) = BlockRunner(), _tap_names(self.groups)
+            o_proj, down_proj = block.get_submodule(self.groups[1][0]), block.get_submodule(self.groups[3][0])
             x = self.inputs[:1].to(self.device).to(self.dtype_of(block))
             n = parts.ln1(x)
-            kwargs = self.kwargs_for(x.dtype)
             self._taps_ok = (
-                getattr(parts.attn, o, None) is block.get_submodule(self.groups[1][0])
-                and getattr(parts.mlp, down, None) is block.get_submodule(self.groups[3][0])
-                and torch.equal(getattr(parts.attn, o)(eager.attention_input_of(parts.attn, o, n, kwargs)),
-                                block_output(parts.attn(hidden_states=n, **kwargs)))
-                and torch.equal(getattr(parts.mlp, down)(eager.mlp_input_of(parts.mlp, down, n)), parts.mlp(n)))
+                getattr(parts.attn, o, None) is o_proj and getattr(parts.mlp, down, None) is down_proj
+                and torch.equal(o_proj(eager.attention_input_of(parts.attn, o, n, self.kwargs_for(x.dtype))),
+                                attention(self, parts, n))
+                and torch.equal(down_proj(eager.mlp_input_of(parts.mlp, down, n)), parts.mlp(n)))
         return self._taps_ok
 
     @torch.no_grad()
