@@ -29,7 +29,7 @@ import torch
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from benchmarks.pruning.one_block import block_zero, timed
-from wandapp.walker import block_output
+from wandapp.staged import block_output
 
 
 def first_and_best(run, repeat: int, cuda: bool) -> tuple[float, float, object]:
