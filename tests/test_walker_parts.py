@@ -148,9 +148,10 @@ def test_stages_match_runs_one_sample_of_the_given_block_and_holds_at_the_edge(m
     ctx = BlockContext(0, other, {}, x, kwargs, CPU)
     real_run = BlockContext.run
     monkeypatch.setattr(BlockContext, "run",
-                        lambda self, x, b=None: ran.append((x.shape[0], b)) or real_run(self, x, b))
+                        lambda self, x, b=None, eager=False: ran.append((x.shape[0], b, eager))
+                        or real_run(self, x, b, eager))
     assert ctx._stages_match(block, BlockParts.of(block))  # checked on `block`, not on the context's own block
-    assert ran == [(1, block)]
+    assert ran == [(1, block, True)]  # eager: the staged forward is checked against the eager block
     ref = real_run(ctx, x[:1], block).float()
     # the tolerance is relative (<= 1e-3 of the reference's norm, inclusive): an error of exactly that passes
     edge = 1e-3 * ref.norm()

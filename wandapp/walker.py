@@ -140,9 +140,12 @@ class BlockContext:
         for s in range(0, len(idx), size):
             yield self.inputs[idx[s : s + size]].to(self.device, non_blocking=True)
 
-    def run(self, x: torch.Tensor, block: nn.Module | None = None) -> torch.Tensor:
+    def run(self, x: torch.Tensor, block: nn.Module | None = None, eager: bool = False) -> torch.Tensor:
+        """The block's outputs for `x`, through the walk's runner; `eager`: always eagerly (checks of the block's
+        structure, and forwards with hooks, which a compiled forward would trace into)."""
         dtype = self.dtype_of(block)
-        return self.runner.block(block or self.block, x.to(dtype), self.kwargs_for(dtype))
+        runner = BlockRunner() if eager else self.runner
+        return runner.block(block or self.block, x.to(dtype), self.kwargs_for(dtype))
 
     def kwargs_for(self, dtype: torch.dtype) -> dict:
         """The block's keyword arguments with floating tensors (rotary cos/sin, additive masks) in `dtype`, so a
@@ -160,7 +163,7 @@ class BlockContext:
         """Does ln1 -> attention -> residual -> ln2 -> MLP -> residual reproduce the block? Checked on one sample."""
         if self._stages_ok is None:
             x = self.inputs[:1].to(self.device).to(self.dtype_of(block))
-            ref = self.run(x, block).float()
+            ref = self.run(x, block, eager=True).float()  # eager like staged_forward: a structural check
             staged = staged_forward(self, parts, x).float()
             self._stages_ok = bool((staged - ref).norm() <= 1e-3 * ref.norm())
         return self._stages_ok
@@ -216,7 +219,7 @@ class BlockContext:
         try:
             for x in self.batches(samples):
                 with contextlib.suppress(_StopForward):
-                    self.run(x, block)
+                    self.run(x, block, eager=True)
         finally:
             for h in handles:
                 h.remove()
@@ -267,7 +270,7 @@ def walk_blocks(
     desc: str = "blocks",
     weights: BlockWeights | None = None,
     last_outputs: bool = True,
-    compile: bool | str = False,
+    compile: bool | str | Callable = False,
 ) -> torch.Tensor | None:
     """Capture block-0 inputs for `input_ids`, call `visit` on each block, propagate its outputs; return the last.
 
@@ -279,7 +282,7 @@ def walk_blocks(
     last_outputs=False: the caller does not read the result, so the last block's output pass is skipped
     (returns None).
     compile: run the blocks' passes through torch.compile (block_runner; a named option: other rounding, so
-    possibly other masks); True for inductor, or the name of another torch.compile backend ("eager" in tests).
+    possibly other masks); True for inductor, or another torch.compile backend, by name or callable (tests).
     """
     adapter = DecoderAdapter.from_model(model)
     store = torch.device(store) if store is not None else device
@@ -287,7 +290,7 @@ def walk_blocks(
     weights = weights or ResidentWeights(device, offload)
     blocks = adapter.blocks
     prefetch, flush = getattr(weights, "prefetch", None), getattr(weights, "flush", None)
-    runner = BlockRunner(bool(compile), compile if isinstance(compile, str) else "inductor")
+    runner = BlockRunner(bool(compile), "inductor" if compile is True or not compile else compile)
     try:
         for i, block in enumerate(tqdm(blocks, desc=desc, unit="block")):
             weights.fetch(i, block)
@@ -356,7 +359,7 @@ class ResidentWeights:
 
 
 def prune_model(model, input_ids, method: PruningMethod, device, offload=True, store=None, micro_batch=4,
-                weights: BlockWeights | None = None, compile: bool | str = False) -> list[dict]:
+                weights: BlockWeights | None = None, compile: bool | str | Callable = False) -> list[dict]:
     """Prune every block of `model` in place with `method`; return each block's log. `compile`: see walk_blocks."""
     logs: list[dict] = []
     prepare = getattr(method, "prepare", None)

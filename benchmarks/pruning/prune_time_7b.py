@@ -144,6 +144,10 @@ def main() -> None:
         loops = sorted({log["column_loop"] for log in logs or [] if isinstance(log, dict) and "column_loop" in log})
         if loops:
             row["column_loop"] = "+".join(loops)
+        staged = [log["staged_statistics"] for log in logs or []
+                  if isinstance(log, dict) and "staged_statistics" in log]
+        if staged:  # blocks whose statistics ran stage by stage (0.79 forwards a prune) rather than hooked
+            row["staged_blocks"] = sum(staged)
         if args.save_masks:
             save_block_snapshot(model, os.path.join(args.save_masks, f"{args.tag or 'run'}-{len(saved)}.pt"), run)
             saved.append(run)
