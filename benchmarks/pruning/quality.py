@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--tuned-from", default=None,
                     help="results file: a run's hyper string 'best' means the best Wanda++ setting found there")
     ap.add_argument("--output", required=True)
+    ap.add_argument("--compile", action="store_true", help="prune with torch.compile (wandapp prune --compile)")
     args = ap.parse_args()
 
     device = torch.device(args.device)
@@ -62,11 +63,14 @@ def main() -> None:
         model.to(device)
         row = {"run": run, "method": method, "sparsity": sparsity or "dense", "preset": preset, "hyper": hyper,
                "code": stage_code_hash("prune")}  # which version of the pruning code measured it
+        options = {"compile": True} if args.compile else {}  # only a tree with the option (old sides run without)
+        if args.compile:
+            row["compile"] = True
         if method != "dense":
             pattern = SparsityPattern.parse(sparsity)
             m = build_method(method, pattern, preset, **{"seed": args.seed, **hyper})  # seed: where a method has one
             with measured(device) as info:
-                logs = prune_model(model, calib, m, device, offload=False, micro_batch=args.micro_batch)
+                logs = prune_model(model, calib, m, device, offload=False, micro_batch=args.micro_batch, **options)
             gpu_bytes = info["peak_gpu_mem_bytes"]
             row.update(prune_s=round(info["wall_time_s"], 2), hyperparameters=m.hyperparameters(),
                        sparsity_overall=sparsity_summary(model, pattern)["sparsity_overall"],
