@@ -18,7 +18,7 @@ block that a tap gives the linear's input before it relies on one.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ from .staged import block_output
 
 
 class BlockRunner:
-    def __init__(self, compile: bool = False, backend: str = "inductor"):
+    def __init__(self, compile: bool = False, backend: str | Callable = "inductor"):
         self.compile = compile
         wrap = (lambda fn: torch.compile(fn, dynamic=False, backend=backend)) if compile else (lambda fn: fn)
         # One function per kind of pass: torch.compile keeps its traces per function (a few per shape and dtype).
