@@ -55,6 +55,7 @@ def main() -> None:
     texts = {s: eval_tokens("wikitext2", tok, root, s)[0] for s in args.splits.split(",")}
     rows = []
     tuned = best_run(args.tuned_from) if args.tuned_from else None
+    options = {"compile": True} if args.compile else {}  # only a tree with the option (old sides run without)
     for run in args.runs:
         method, sparsity, hyper, preset = parse_run(run.replace("@best", ""))
         if run.endswith("@best"):
@@ -62,10 +63,7 @@ def main() -> None:
         model.load_state_dict(dense_state)
         model.to(device)
         row = {"run": run, "method": method, "sparsity": sparsity or "dense", "preset": preset, "hyper": hyper,
-               "code": stage_code_hash("prune")}  # which version of the pruning code measured it
-        options = {"compile": True} if args.compile else {}  # only a tree with the option (old sides run without)
-        if args.compile:
-            row["compile"] = True
+               "code": stage_code_hash("prune"), **options}  # code: which version of the pruning code measured it
         if method != "dense":
             pattern = SparsityPattern.parse(sparsity)
             m = build_method(method, pattern, preset, **{"seed": args.seed, **hyper})  # seed: where a method has one
