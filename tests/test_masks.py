@@ -1,5 +1,6 @@
 import itertools
 
+import masks_reference
 import pytest
 import torch
 
@@ -155,3 +156,30 @@ def test_masks_on_cuda_equal_the_cpu_masks():
     assert torch.equal(count_mask(cuda, 100).cpu(), count_mask(score, 100))
     assert torch.equal(nm_mask(cuda, 2, 4).cpu(), nm_mask(score, 2, 4))
     assert torch.equal(unstructured_mask(cuda, 0.5).cpu(), unstructured_mask(score, 0.5))
+
+
+def _awkward_scores(rows: int, cols: int, seed: int) -> list[torch.Tensor]:
+    """Random, heavily tied, and tied with NaN, +-inf and -0.0 mixed in (rows with more NaNs than numbers too)."""
+    gen = torch.Generator().manual_seed(seed)
+    plain = torch.randn(rows, cols, generator=gen)
+    tied = torch.randint(0, 4, (rows, cols), generator=gen).float()
+    odd = tied.clone()
+    specials = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 0.0])
+    pick = torch.randint(0, 8, (rows, cols), generator=gen)
+    odd[pick < 5] = specials[pick[pick < 5]]
+    odd[0] = float("nan")  # a row of NaNs only
+    odd[1, : cols // 4] = float("nan")
+    odd[2, cols // 4 :] = float("nan")  # fewer numbers than a 0.5 mask prunes
+    return [plain, tied, odd]
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.3, 0.5, 0.7, 0.99])
+def test_unstructured_mask_equals_the_stable_sort_it_replaced(ratio):
+    for score in _awkward_scores(9, 64, seed=3) + _awkward_scores(5, 1024, seed=4):
+        assert torch.equal(unstructured_mask(score, ratio), masks_reference.unstructured_mask(score, ratio))
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (1, 4), (3, 4), (1, 2)])
+def test_nm_mask_equals_the_group_comparison_it_replaced(n, m):
+    for score in _awkward_scores(9, 64, seed=5) + _awkward_scores(3, 1024, seed=6):
+        assert torch.equal(nm_mask(score, n, m), masks_reference.nm_mask(score, n, m))
