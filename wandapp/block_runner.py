@@ -29,6 +29,8 @@ from .staged import block_output
 class BlockRunner:
     def __init__(self, compile: bool = False, backend: str | Callable = "inductor"):
         self.compile = compile
+        # Structural checks and hooked forwards always run eagerly: a compiled runner keeps one eager twin.
+        self.eager = BlockRunner() if compile else self
         wrap = (lambda fn: torch.compile(fn, dynamic=False, backend=backend)) if compile else (lambda fn: fn)
         # One function per kind of pass: torch.compile keeps its traces per function (a few per shape and dtype).
         self._block, self._norm, self._mlp = wrap(_block), wrap(_norm), wrap(_mlp)

@@ -22,11 +22,9 @@ def unstructured_mask(score: torch.Tensor, ratio: float) -> torch.Tensor:
     the same mask in half the time there, but 0.8x the sort's speed on an H200 (benchmarks/pruning/mask_speed.py)."""
     rows, cols = score.shape
     k = int(cols * ratio)
-    mask = torch.zeros_like(score, dtype=torch.bool)
-    if not k:
-        return mask
-    if score.device.type != "cpu":
-        return mask.scatter_(1, torch.sort(score, dim=1, stable=True).indices[:, :k], True)
+    if not k or score.device.type != "cpu":
+        mask = torch.zeros_like(score, dtype=torch.bool)
+        return mask.scatter_(1, torch.sort(score, dim=1, stable=True).indices[:, :k], True) if k else mask
     kth = torch.kthvalue(score, k, dim=1, keepdim=True).values  # NaN orders last here too
     nan, few = score.isnan(), kth.isnan()  # few: fewer than k numbers in the row, so all go, then the first NaNs
     below = ~(score >= kth) & ~nan  # score < kth, or every number of the row if kth is NaN

@@ -118,7 +118,6 @@ class BlockContext:
     wants_outputs: bool = True  # False for the last block of a walk whose result nobody reads: skip that pass
     patterns: dict = field(default_factory=dict)  # linear name -> pattern replacing the method's (a sparsity profile)
     runner: BlockRunner = field(default_factory=BlockRunner)  # eager, or compiled (`prune --compile`)
-    eager_runner: BlockRunner = field(default_factory=BlockRunner, repr=False)  # checks and hooked forwards
     _stages_ok: bool | None = field(default=None, repr=False)
     _taps_ok: bool | None = field(default=None, repr=False)
     _kwargs_by_dtype: dict = field(default_factory=dict, repr=False)
@@ -145,7 +144,7 @@ class BlockContext:
         """The block's outputs for `x`, through the walk's runner; `eager`: always eagerly (checks of the block's
         structure, and forwards with hooks, which a compiled forward would trace into)."""
         dtype = self.dtype_of(block)
-        runner = self.eager_runner if eager else self.runner
+        runner = self.runner.eager if eager else self.runner
         return runner.block(block or self.block, x.to(dtype), self.kwargs_for(dtype))
 
     def kwargs_for(self, dtype: torch.dtype) -> dict:
@@ -173,7 +172,7 @@ class BlockContext:
         """Does tapping o_proj (down_proj) give what it reads: is attention (the MLP) that linear of the tapped
         call's result, exactly? Checked once, eagerly, on one sample (see block_runner)."""
         if self._taps_ok is None:
-            eager, (o, down) = self.eager_runner, _tap_names(self.groups)
+            eager, (o, down) = self.runner.eager, _tap_names(self.groups)
             o_proj, down_proj = block.get_submodule(self.groups[1][0]), block.get_submodule(self.groups[3][0])
             x = self.inputs[:1].to(self.device).to(self.dtype_of(block))
             n = parts.ln1(x)
