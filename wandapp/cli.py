@@ -49,6 +49,16 @@ def _job_log(command: str):
     return job_log(command)
 
 
+def _gguf_scope(command: str):
+    """Every load of one command shares one parse of a GGUF file (gguf_once); gpu-slot loads no model and stays
+    light (no numpy, no torch)."""
+    if command == "gpu-slot":
+        return contextlib.nullcontext()
+    from .gguf_once import gguf_parsed_once
+
+    return gguf_parsed_once()
+
+
 def _named_command(argv: list[str]) -> str | None:
     """The COMMANDS module of the subcommand in argv, or None (options only, a wing's or an unknown command).
     Light commands stay light: `wandapp gpu-slot` wraps every GPU job and must not import torch."""
@@ -63,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s"
     )
     try:
-        with _job_log(args.command):
+        with _job_log(args.command), _gguf_scope(args.command):
             args.func(args)
     except WandappError as e:
         print(f"wandapp {args.command}: error: {e}", file=sys.stderr)

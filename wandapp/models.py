@@ -7,6 +7,7 @@ import os
 import torch
 
 from .errors import WandappError
+from .gguf_once import gguf_parsed_once
 from .model_source import (  # noqa: F401  (re-exported: the loaders' callers name them here)
     EMBEDDED,
     PICKLE_GLOBS,
@@ -81,16 +82,17 @@ def load_model(spec: str | ModelSource, dtype: str | torch.dtype = "float32", de
         kwargs.update(gguf_file=src.gguf_file, **_gguf_kwargs())
     else:  # pickled weights only on request, and then through torch's weights_only unpickler
         kwargs.update(use_safetensors=None if src.allow_pickle else True, weights_only=True)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(src.path, **kwargs)
-    except Exception as e:  # noqa: BLE001
-        hint = ("; if it holds only pickled weights, convert it once with `wandapp convert --allow-pickle`"
-                if src.kind == "hub" and not src.allow_pickle and "safetensors" in str(e) else "")
-        raise WandappError(f"cannot load model from {src.name}: {_first_line(e)}{hint}") from e
-    if src.gguf_file:  # GGUF dequantizes to float32 whatever dtype was asked: cast the weights, not the buffers
-        for p in model.parameters():  # (RoPE's inv_freq stays float32, as from_pretrained keeps it for a folder)
-            p.data = p.data.to(torch_dtype)
-    tokenizer = load_tokenizer(src)
+    with gguf_parsed_once():  # config, weights and tokenizer would each parse a GGUF again
+        try:
+            model = AutoModelForCausalLM.from_pretrained(src.path, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            hint = ("; if it holds only pickled weights, convert it once with `wandapp convert --allow-pickle`"
+                    if src.kind == "hub" and not src.allow_pickle and "safetensors" in str(e) else "")
+            raise WandappError(f"cannot load model from {src.name}: {_first_line(e)}{hint}") from e
+        if src.gguf_file:  # GGUF dequantizes to float32 whatever dtype was asked: cast the weights, not the buffers
+            for p in model.parameters():  # (RoPE's inv_freq stays float32, as from_pretrained keeps it for a folder)
+                p.data = p.data.to(torch_dtype)
+        tokenizer = load_tokenizer(src)
     model.eval()
     model.config.use_cache = False
     return model.to(device), tokenizer

@@ -242,11 +242,13 @@ class StreamedModel:
         src = spec if isinstance(spec, ModelSource) else resolve_model(spec)
         self.dtype = dtype
         if src.kind == "gguf":  # dequantised one tensor at a time (wandapp.stream_gguf)
+            from .gguf_once import gguf_parsed_once
             from .stream_gguf import GgufCheckpoint, gguf_config
 
             path = Path(src.path) / src.gguf_file
-            self.model = empty_model(gguf_config(path), dtype)
-            self.ckpt = GgufCheckpoint(path, self.model)
+            with gguf_parsed_once():  # the config and the checkpoint read one parse of the file
+                self.model = empty_model(gguf_config(path), dtype)
+                self.ckpt = GgufCheckpoint(path, self.model)
             fill_outside_blocks(self.model, dtype, self.ckpt, path)
         elif src.kind == "folder":
             self.ckpt = Checkpoint(src.path)
