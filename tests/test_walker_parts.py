@@ -1,6 +1,8 @@
 """The walker's plumbing, against its mutation survivors: what prune_model hands to a method's `prepare` and to
 walk_blocks, walk_blocks' defaults, the weight strategy's hooks, and the staged-forward check."""
 
+import copy
+
 import pytest
 import torch
 
@@ -85,7 +87,8 @@ def test_prune_model_hands_its_settings_to_prepare_and_the_walk(model_and_ids, m
     logs = prune_model(model, ids, spy, CPU, offload=False, store="cpu", micro_batch=3, weights=weights)
     assert spy.prepared == (CPU, {"offload": False, "store": "cpu", "micro_batch": 3})
     assert walked["args"] == (CPU, False, "cpu", 3)
-    assert walked["kwargs"] == {"desc": "pruning (spy)", "weights": weights, "last_outputs": False, "compile": False}
+    assert walked["kwargs"] == {"desc": "pruning (spy)", "weights": weights, "last_outputs": False, "compile": False,
+                                "propagate": True}
     assert logs == [{"block": 0}, {"block": 1}, {"block": 2}]
     assert [s[:2] for s in spy.seen] == [(0, 3), (1, 3), (2, 3)]
     assert [s[3] for s in spy.seen] == [True, True, False]  # nobody reads the last block's outputs
@@ -160,6 +163,39 @@ def test_stages_match_runs_one_sample_of_the_given_block_and_holds_at_the_edge(m
                             lambda c, p, x, e=error: ref + e / ref.numel() ** 0.5)
         fresh = BlockContext(0, other, {}, x, kwargs, CPU)
         assert fresh._stages_match(block, BlockParts.of(block)) is ok
+
+
+def test_a_method_that_reads_no_inputs_walks_without_forward_passes(model_and_ids, monkeypatch):
+    """Magnitude: no capture, no block forward, no outputs; the same weights as a walk that propagates."""
+    from wandapp.masks import SparsityPattern, follows_nm
+    from wandapp.methods import build_method
+
+    dense, ids = model_and_ids
+    model, reference = copy.deepcopy(dense), copy.deepcopy(dense)
+    method = build_method("magnitude", SparsityPattern.parse("2:4"))
+    assert not method.reads_inputs and build_method("wanda", SparsityPattern.parse("2:4")).reads_inputs
+    forwards, seen = [], []
+    for block in model.model.layers:
+        block.register_forward_pre_hook(lambda m, a: forwards.append(m))
+    monkeypatch.setattr(walker, "capture_block_inputs", lambda *a: pytest.fail("captured inputs"))
+
+    def visit(ctx):
+        seen.append((ctx.nsamples, ctx.wants_outputs, tuple(ctx.inputs.shape[1:])))
+        method.prune_block(ctx)
+
+    assert walk_blocks(model, ids, visit, CPU, propagate=False) is None
+    assert forwards == [] and seen == [(0, False, (16, model.config.hidden_size))] * 3
+    monkeypatch.undo()
+    walk_blocks(reference, ids, method.prune_block, CPU)  # a walk that captures and propagates
+    a, b = model.state_dict(), reference.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert follows_nm(model.model.layers[2].mlp.down_proj.weight, 2, 4)
+    # prune_model takes the method's word for it
+    walked = []
+    monkeypatch.setattr(walker, "walk_blocks", lambda *a, **k: walked.append(k["propagate"]))
+    prune_model(model, ids, method, CPU)
+    prune_model(model, ids, build_method("wanda", SparsityPattern.parse("2:4")), CPU)
+    assert walked == [False, True]
 
 
 def test_map_tensors_keeps_containers_and_module_device_reads_parameters_then_buffers():

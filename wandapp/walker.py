@@ -256,7 +256,8 @@ class PruningMethod(Protocol):
     def prune_block(self, ctx: BlockContext) -> None: ...
 
     # Optional: `prepare(model, input_ids, device, offload, store, micro_batch)` runs once on the dense model before
-    # the walk (GBLM's full-model gradients, a sparsity profile's statistics).
+    # the walk (GBLM's full-model gradients, a sparsity profile's statistics); `reads_inputs = False` when its
+    # prune_block reads no calibration inputs (magnitude), so the walk runs no forward pass.
 
 
 def walk_blocks(
@@ -271,6 +272,7 @@ def walk_blocks(
     weights: BlockWeights | None = None,
     last_outputs: bool = True,
     compile: bool | str | Callable = False,
+    propagate: bool = True,
 ) -> torch.Tensor | None:
     """Capture block-0 inputs for `input_ids`, call `visit` on each block, propagate its outputs; return the last.
 
@@ -283,10 +285,16 @@ def walk_blocks(
     (returns None).
     compile: run the blocks' passes through torch.compile (block_runner; a named option: other rounding, so
     possibly other masks); True for inductor, or another torch.compile backend, by name or callable (tests).
+    propagate=False: `visit` reads no calibration inputs (magnitude pruning), so no forward pass runs: nothing is
+    captured, each context's inputs hold no samples, and no block computes outputs (returns None).
     """
     adapter = DecoderAdapter.from_model(model)
     store = torch.device(store) if store is not None else device
-    hidden, kwargs = capture_block_inputs(model, adapter, input_ids, device, store)
+    if propagate:
+        hidden, kwargs = capture_block_inputs(model, adapter, input_ids, device, store)
+    else:
+        dtype = adapter.embed_tokens.weight.dtype
+        hidden, kwargs = torch.empty(0, input_ids.shape[1], model.config.hidden_size, dtype=dtype, device=store), {}
     weights = weights or ResidentWeights(device, offload)
     blocks = adapter.blocks
     prefetch, flush = getattr(weights, "prefetch", None), getattr(weights, "flush", None)
@@ -297,17 +305,17 @@ def walk_blocks(
             if prefetch is not None and i + 1 < len(blocks):
                 prefetch(i + 1, blocks[i + 1])
             ctx = BlockContext(i, block, adapter.linears(block), hidden, kwargs, device, micro_batch,
-                               wants_outputs=last_outputs or i + 1 < len(blocks), runner=runner)
+                               wants_outputs=propagate and (last_outputs or i + 1 < len(blocks)), runner=runner)
             visit(ctx)
             if ctx.wants_outputs:
                 hidden = ctx.next_inputs if ctx.next_inputs is not None else ctx.outputs()
-            else:
+            elif propagate:
                 hidden = None
             weights.release(i, block)
     finally:
         if flush is not None:
             flush()
-    return hidden
+    return hidden if propagate else None
 
 
 class BlockWeights(Protocol):
@@ -371,5 +379,6 @@ def prune_model(model, input_ids, method: PruningMethod, device, offload=True, s
         logs.append(ctx.log)
 
     walk_blocks(model, input_ids, visit, device, offload, store, micro_batch, desc=f"pruning ({method.name})",
-                weights=weights, last_outputs=False, compile=compile)
+                weights=weights, last_outputs=False, compile=compile,
+                propagate=getattr(method, "reads_inputs", True))
     return logs

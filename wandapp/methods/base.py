@@ -39,6 +39,7 @@ class Method:
     pattern: SparsityPattern
     family: ClassVar[str | None] = None  # the name its flags' help gives (default: `name`)
     presets: ClassVar[dict[str, dict]] = {}  # named sets of hyperparameter values; "paper" is the defaults
+    reads_inputs: ClassVar[bool] = True  # False: prune_block reads no calibration inputs, so the walk runs no forward
 
     @classmethod
     def hyperparameter_fields(cls) -> list:

@@ -10,6 +10,7 @@ from .base import LayerwiseMethod
 @dataclass
 class Magnitude(LayerwiseMethod):
     name = "magnitude"
+    reads_inputs = False  # |W| alone: the walk runs no calibration forward pass
 
     def score(self, linear, stat):
         return linear.weight.detach().abs().float()
