@@ -7,7 +7,8 @@
 #   ... OLD --only "wanda wanda++"                                  # only these methods (both sides; ~5 min on the H200)
 #
 # Old: wanda, sparsegpt on the first 8 of 32 blocks (about 8.8 s a block; extrapolated per block, the table says
-# so), wanda++ with the paper's defaults. New: the same, sparsegpt on all 32 blocks, plus gblm if this tree has it.
+# so), wanda++ with the paper's defaults, magnitude. New: the same, sparsegpt on all 32 blocks, plus gblm if this tree
+# has it (before magnitude).
 # Every run prunes the model the runs before it left (same order on both sides), and block 0's masks are compared
 # after each run. Rows: benchmarks/results/$NAME.jsonl (+ .md table), copied to $OUT when set. A time budget
 # (--budget, default 530 s) stops a side's process before the device's 10-minute limit; the rows so far stay.
@@ -61,7 +62,7 @@ mkdir -p "$RESULTS"
 ROWS=$WORK/rows.jsonl
 HAS_GBLM=$(cd "$WORK" && PYTHONPATH="$REPO" $PY -P -c "from wandapp.methods import METHODS; print(int('gblm' in METHODS))" 2>/dev/null || echo 0)
 NEW_RUNS=(wanda sparsegpt "$WPP"); [ "$HAS_GBLM" = 1 ] && NEW_RUNS+=(gblm)
-OLD_RUNS=(wanda sparsegpt "$WPP")
+NEW_RUNS+=(magnitude); OLD_RUNS=(wanda sparsegpt "$WPP" magnitude)  # magnitude last: the others' runs as before
 keep() {  # the runs among "$@" whose method is in --only (all without it)
   local run; for run in "$@"; do
     if [ -z "$ONLY" ] || [[ " $ONLY " == *" ${run%%@*} "* ]]; then printf '%s\n' "$run"; fi
