@@ -292,9 +292,10 @@ def walk_blocks(
     store = torch.device(store) if store is not None else device
     if propagate:
         hidden, kwargs = capture_block_inputs(model, adapter, input_ids, device, store)
-    else:
-        dtype = adapter.embed_tokens.weight.dtype
-        hidden, kwargs = torch.empty(0, input_ids.shape[1], model.config.hidden_size, dtype=dtype, device=store), {}
+    else:  # every block sees the same empty inputs, and none computes outputs
+        hidden, kwargs = None, {}
+        no_inputs = torch.empty(0, input_ids.shape[1], model.config.hidden_size,
+                                dtype=adapter.embed_tokens.weight.dtype, device=store)
     weights = weights or ResidentWeights(device, offload)
     blocks = adapter.blocks
     prefetch, flush = getattr(weights, "prefetch", None), getattr(weights, "flush", None)
@@ -304,18 +305,19 @@ def walk_blocks(
             weights.fetch(i, block)
             if prefetch is not None and i + 1 < len(blocks):
                 prefetch(i + 1, blocks[i + 1])
-            ctx = BlockContext(i, block, adapter.linears(block), hidden, kwargs, device, micro_batch,
+            ctx = BlockContext(i, block, adapter.linears(block), hidden if propagate else no_inputs, kwargs, device,
+                               micro_batch,
                                wants_outputs=propagate and (last_outputs or i + 1 < len(blocks)), runner=runner)
             visit(ctx)
             if ctx.wants_outputs:
                 hidden = ctx.next_inputs if ctx.next_inputs is not None else ctx.outputs()
-            elif propagate:
+            else:
                 hidden = None
             weights.release(i, block)
     finally:
         if flush is not None:
             flush()
-    return hidden if propagate else None
+    return hidden
 
 
 class BlockWeights(Protocol):
