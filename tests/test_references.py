@@ -204,8 +204,9 @@ def test_wanda_over_the_model_equals_a_brute_force_sequential_wanda(model, calib
 
 
 # gblm is left out: its gradient pass runs the DENSE model through every block before the walk, by design
-# (GBLM's gradients are the dense model's), so block 1 legitimately sees dense inputs then.
-@pytest.mark.parametrize("method", [m for m in METHODS if m != "gblm"])
+# (GBLM's gradients are the dense model's), so block 1 legitimately sees dense inputs then. magnitude is left out:
+# it reads no inputs, so its walk runs no forward at all (tests/test_walker_parts.py checks that).
+@pytest.mark.parametrize("method", [m for m, (cls, _) in METHODS.items() if m != "gblm" and cls.reads_inputs])
 def test_block_one_sees_the_pruned_block_zero(calib, method):
     """Every input block 1 receives while being pruned is an output of the PRUNED block 0 (recomputed from the
     final model's own forward), never of the dense one, and every calibration sample reaches it. Three blocks:
