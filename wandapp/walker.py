@@ -305,8 +305,8 @@ def walk_blocks(
             weights.fetch(i, block)
             if prefetch is not None and i + 1 < len(blocks):
                 prefetch(i + 1, blocks[i + 1])
-            ctx = BlockContext(i, block, adapter.linears(block), hidden if propagate else no_inputs, kwargs, device,
-                               micro_batch,
+            inputs = hidden if propagate else no_inputs
+            ctx = BlockContext(i, block, adapter.linears(block), inputs, kwargs, device, micro_batch,
                                wants_outputs=propagate and (last_outputs or i + 1 < len(blocks)), runner=runner)
             visit(ctx)
             if ctx.wants_outputs:

@@ -29,16 +29,17 @@ def time_table(rows: list[dict], old: str = "old", new: str = "new") -> list[str
     lines = [f"| run | {old} s | {new} s | speed-up | {old} peak GiB | {new} peak GiB |", "|---|---|---|---|---|---|"]
     for run in runs:
         a, b = by.get((old, run)), by.get((new, run))
-        cells = []
+        cells, secs = [], []
         for r in (a, b):
             if r is None:
                 cells.append("-")
+                secs.append(0.0)
                 continue
             s, estimated = seconds_for_all(r)
             note = f" (est. from {r['blocks_pruned']} of {r['layers']} blocks)" if estimated else ""
             cells.append(f"{s:.1f}{note}")
-        ratio = (f"{seconds_for_all(a)[0] / seconds_for_all(b)[0]:.2f}x"
-                 if a and b and seconds_for_all(b)[0] > 0 else "-")  # a tiny run may round to 0.0 s
+            secs.append(s)
+        ratio = f"{secs[0] / secs[1]:.2f}x" if a and secs[1] > 0 else "-"  # a tiny run may round to 0.0 s
         peaks = [f"{r['peak_gpu_gb']}" if r and r.get("peak_gpu_gb") is not None else "-" for r in (a, b)]
         lines.append(f"| {run} | {cells[0]} | {cells[1]} | {ratio} | {peaks[0]} | {peaks[1]} |")
     return lines
